@@ -1,0 +1,94 @@
+"""The application factory: wires settings, stores, the Socket.IO server and the routes."""
+
+from __future__ import annotations
+
+import time
+
+import socketio
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from . import keys
+from .chat import ChatNamespace, Gate
+from .config import Settings
+from .fanout import LocalManager
+from .health import setup_health_routes
+from .lifecycle import monitor_event_loop
+from .metrics import Metrics
+from .stores import Stores, memory_stores
+from .transport import websocket_driver
+
+FRAME_OVERHEAD_BYTES = 16 * 1024
+"""Room for JSON framing around the largest allowed message in one Engine.IO packet."""
+
+
+def create_sio(settings: Settings, manager: socketio.AsyncManager) -> socketio.AsyncServer:
+    origins = settings.cors_allowed_origins
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        # None = same origin only (python-engineio's default); '*' only when configured
+        cors_allowed_origins=list(origins) if origins else None,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        max_http_buffer_size=settings.max_message_bytes * 2 + FRAME_OVERHEAD_BYTES,
+        # one client's events are handled in order (no task per event)
+        async_handlers=False,
+        logger=False,
+        engineio_logger=False,
+    )
+    sio.eio._async = {
+        **sio.eio._async,
+        "websocket": websocket_driver(settings.websocket_compression),
+    }
+    return sio
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    stores: Stores | None = None,
+) -> web.Application:
+    """Build the whole service for ``settings``; nothing starts until the app runs."""
+    app = web.Application(client_max_size=settings.max_message_bytes * 2 + FRAME_OVERHEAD_BYTES)
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    metrics.max_connections.set(settings.max_connections)
+    gate = Gate()
+    stores = stores if stores is not None else memory_stores(settings)
+    sio = create_sio(settings, LocalManager(metrics))
+    namespace = ChatNamespace(settings, stores, metrics, gate)
+    sio.register_namespace(namespace)
+    sio.attach(app)
+
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics
+    app[keys.STORES] = stores
+    app[keys.GATE] = gate
+    app[keys.SIO] = sio
+    app[keys.NAMESPACE] = namespace
+    app[keys.READINESS_CHECKS] = []
+    app[keys.STARTED_AT] = time.monotonic()
+
+    metrics.connected_clients.set_function(lambda: len(namespace.sessions))
+    metrics.rooms.set_function(lambda: _room_count(sio))
+
+    setup_health_routes(app)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.cleanup_ctx.append(monitor_event_loop)
+    app.on_shutdown.append(_socketio_shutdown)
+    return app
+
+
+def _room_count(sio: socketio.AsyncServer) -> int:
+    rooms = sio.manager.rooms.get("/", {})
+    return sum(1 for name in rooms if isinstance(name, str) and name.startswith("room:"))
+
+
+async def _socketio_shutdown(app: web.Application) -> None:
+    """Close the remaining sockets and python-socketio's tasks before handlers are awaited."""
+    sio = app[keys.SIO]
+    if sio.eio.sockets:
+        await sio.eio.disconnect()
+    await sio.shutdown()

@@ -1,0 +1,272 @@
+"""The ``/`` namespace: thin handlers that validate, call the stores, emit and ack.
+
+Every client event goes through :meth:`ChatNamespace.trigger_event`, which applies the rate
+limit, times the handler, turns errors into ``{ok: false, error}`` acks and keeps metric
+labels bounded. A malformed event never raises out of here and never reaches other clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+from . import protocol as p
+from .auth import AuthError, TokenVerifier, token_from_handshake
+from .config import Settings
+from .metrics import Metrics, event_label
+from .stores import Stores
+
+log = logging.getLogger(__name__)
+
+Ack = dict[str, Any]
+
+DISCONNECT_REASONS = {
+    "client disconnect": "client_disconnect",
+    "server disconnect": "server_disconnect",
+    "ping timeout": "ping_timeout",
+    "transport close": "transport_close",
+    "transport error": "transport_error",
+}
+
+
+@dataclass
+class Session:
+    """What the server knows about one connected socket."""
+
+    user_id: str
+    rooms: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Gate:
+    """Whether new handshakes are welcome; the lifecycle flips ``draining``."""
+
+    draining: bool = False
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ChatNamespace(socketio.AsyncNamespace):
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        metrics: Metrics,
+        gate: Gate,
+        namespace: str = "/",
+    ) -> None:
+        super().__init__(namespace)
+        self.settings = settings
+        self.stores = stores
+        self.metrics = metrics
+        self.gate = gate
+        self.verifier = TokenVerifier(settings)
+        self.sessions: dict[str, Session] = {}
+        self._handlers: dict[str, Callable[[str, Session, Any], Awaitable[Ack]]] = {
+            p.JOIN_ROOM: self.join,
+            p.LEAVE_ROOM: self.leave,
+            p.MESSAGE_SEND: self.send_message,
+            p.MESSAGE_PRIVATE: self.send_private,
+            p.TYPING_START: self.typing_start,
+            p.TYPING_STOP: self.typing_stop,
+            p.HISTORY_GET: self.get_history,
+            p.PRESENCE_GET: self.get_presence,
+        }
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event == "connect":
+            sid, environ, auth = (*args, None)[:3]
+            return await self.on_connect(sid, environ, auth)
+        if event == "disconnect":
+            return await self.on_disconnect(args[0], args[1] if len(args) > 1 else "")
+        return await self.handle_client_event(event, args[0], args[1:])
+
+    async def handle_client_event(self, event: str, sid: str, args: tuple[Any, ...]) -> Ack:
+        label = event_label(event) if isinstance(event, str) else "unknown"
+        self.metrics.events_received.labels(event=label).inc()
+        started = time.perf_counter()
+        try:
+            session = self.sessions.get(sid)
+            if session is None:
+                raise p.EventError("internal", "not connected")
+            wait = await self.stores.limiter.acquire(session.user_id)
+            if wait > 0:
+                raise p.EventError(
+                    "rate_limited", "too many events", retryAfterMs=math.ceil(wait * 1000)
+                )
+            handler = self._handlers.get(event)
+            if handler is None:
+                raise p.EventError("unknown_event", "unknown event")
+            result = await handler(sid, session, args[0] if args else None)
+            return {"ok": True, **result}
+        except p.EventError as exc:
+            self.metrics.event_errors.labels(event=label, code=exc.code).inc()
+            return exc.ack()
+        except Exception:
+            log.exception("handler failed", extra={"event": label})
+            self.metrics.event_errors.labels(event=label, code="internal").inc()
+            return p.EventError("internal", "internal error").ack()
+        finally:
+            self.metrics.event_duration.labels(event=label).observe(
+                time.perf_counter() - started
+            )
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _refuse(self, code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
+        self.metrics.connect_errors.labels(code=code).inc()
+        log.info("handshake refused", extra={"event": "connect_error", "code": code})
+        return socketio.exceptions.ConnectionRefusedError(
+            message, {"code": code, "message": message}
+        )
+
+    async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> None:
+        if self.gate.draining:
+            raise self._refuse("draining", "server is shutting down, reconnect")
+        if len(self.sessions) >= self.settings.max_connections:
+            raise self._refuse("overloaded", "server at capacity, retry later")
+        try:
+            claims = self.verifier.verify(token_from_handshake(environ, auth))
+        except AuthError as exc:
+            raise self._refuse("unauthorized", str(exc)) from None
+        if await self.stores.limiter.acquire(claims.user_id) > 0:
+            raise self._refuse("rate_limited", "too many connection attempts")
+        self.sessions[sid] = Session(claims.user_id)
+        await self.enter_room(sid, p.user_channel(claims.user_id))
+        transport = self.server.transport(sid, self.namespace)
+        self.metrics.connections.labels(transport=transport).inc()
+        log.debug("connected", extra={"event": "connect", "user": claims.user_id})
+
+    async def on_disconnect(self, sid: str, reason: str) -> None:
+        session = self.sessions.pop(sid, None)
+        self.metrics.disconnections.labels(
+            reason=DISCONNECT_REASONS.get(reason, "other")
+        ).inc()
+        if session is None:
+            return
+        for room_id in sorted(session.rooms):
+            await self._left(sid, session, room_id)
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    async def join(self, sid: str, session: Session, payload: Any) -> Ack:
+        request = p.join_request(payload)
+        room_id = request.room_id
+        new = room_id not in session.rooms
+        if new and len(session.rooms) >= self.settings.max_rooms_per_socket:
+            raise p.EventError(
+                "too_many_rooms", f"at most {self.settings.max_rooms_per_socket} rooms per socket"
+            )
+        if new:
+            await self.enter_room(sid, p.room_channel(room_id))
+            session.rooms.add(room_id)
+            await self.stores.presence.add(room_id, session.user_id, sid)
+        history = self.stores.history
+        limit = min(p.DEFAULT_HISTORY_LIMIT, self.settings.history_size)
+        result: Ack = {"roomId": room_id, "history": await history.recent(room_id, limit)}
+        if request.since is not None:
+            recovery = await history.since(room_id, request.since)
+            result["missed"] = recovery.messages
+            result["recovered"] = recovery.complete
+        await self.emit(p.JOINED_ROOM, room_id, to=sid)
+        if new:
+            await self.emit(
+                p.USER_JOINED,
+                {"userId": session.user_id, "roomId": room_id, "timestamp": now_ms()},
+                room=p.room_channel(room_id),
+                skip_sid=sid,
+            )
+        return result
+
+    async def leave(self, sid: str, session: Session, payload: Any) -> Ack:
+        room_id = self._member_room(session, payload)
+        await self._left(sid, session, room_id)
+        return {"roomId": room_id}
+
+    async def _left(self, sid: str, session: Session, room_id: str) -> None:
+        session.rooms.discard(room_id)
+        await self.leave_room(sid, p.room_channel(room_id))
+        await self.stores.presence.remove(room_id, session.user_id, sid)
+        await self.emit(
+            p.USER_LEFT,
+            {"userId": session.user_id, "roomId": room_id, "timestamp": now_ms()},
+            room=p.room_channel(room_id),
+        )
+
+    def _member_room(self, session: Session, payload: Any) -> str:
+        room_id = p.room_ref(payload)
+        if room_id not in session.rooms:
+            raise p.EventError("not_in_room", "join the room first")
+        return room_id
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def send_message(self, sid: str, session: Session, payload: Any) -> Ack:
+        request = p.room_message(payload, self.settings.max_message_bytes)
+        if request.room_id not in session.rooms:
+            raise p.EventError("not_in_room", "join the room first")
+        stored = await self.stores.history.append(
+            request.room_id,
+            {
+                "roomId": request.room_id,
+                "userId": session.user_id,
+                "message": request.message,
+                "timestamp": now_ms(),
+            },
+        )
+        self.metrics.messages_stored.inc()
+        await self.emit(p.MESSAGE_RECEIVED, stored, room=p.room_channel(request.room_id))
+        return {"id": stored["id"]}
+
+    async def send_private(self, sid: str, session: Session, payload: Any) -> Ack:
+        request = p.private_message(payload, self.settings.max_message_bytes)
+        message_id = uuid.uuid4().hex
+        await self.emit(
+            p.PRIVATE_RECEIVED,
+            {
+                "id": message_id,
+                "fromUserId": session.user_id,
+                "message": request.message,
+                "timestamp": now_ms(),
+            },
+            room=p.user_channel(request.target_user_id),
+        )
+        return {"id": message_id}
+
+    async def typing_start(self, sid: str, session: Session, payload: Any) -> Ack:
+        return await self._typing(p.TYPING_USER_START, sid, session, payload)
+
+    async def typing_stop(self, sid: str, session: Session, payload: Any) -> Ack:
+        return await self._typing(p.TYPING_USER_STOP, sid, session, payload)
+
+    async def _typing(self, event: str, sid: str, session: Session, payload: Any) -> Ack:
+        room_id = self._member_room(session, payload)
+        await self.emit(
+            event,
+            {"userId": session.user_id, "roomId": room_id},
+            room=p.room_channel(room_id),
+            skip_sid=sid,
+        )
+        return {}
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def get_history(self, sid: str, session: Session, payload: Any) -> Ack:
+        query = p.history_query(payload, max(1, self.settings.history_size))
+        messages = await self.stores.history.recent(query.room_id, query.limit, query.before)
+        return {"roomId": query.room_id, "messages": messages}
+
+    async def get_presence(self, sid: str, session: Session, payload: Any) -> Ack:
+        room_id = p.room_ref(payload)
+        return {"roomId": room_id, "users": await self.stores.presence.users(room_id)}

@@ -1,0 +1,101 @@
+"""Local fan-out: hand one encoded packet to every local socket of a room.
+
+python-socketio's ``AsyncManager.emit`` creates one asyncio task per recipient; an
+Engine.IO ``send`` only appends to that socket's queue, so we await it in a plain loop and
+count recipients once per broadcast (no per-recipient metric call).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet
+
+from .metrics import Metrics
+from .protocol import MESSAGE_RECEIVED, PRIVATE_RECEIVED
+
+log = logging.getLogger(__name__)
+
+TIMED_EVENTS = frozenset({MESSAGE_RECEIVED, PRIVATE_RECEIVED})
+
+
+class FanoutMixin:
+    """Delivery to this instance's sockets, shared by the local and the Redis manager."""
+
+    metrics: Metrics | None = None
+    server: Any
+    rooms: dict[str, Any]
+
+    async def deliver(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any,
+        skip_sid: Any,
+        scope: str,
+    ) -> int:
+        """Send ``event`` to the local members of ``room``; return how many got it."""
+        if namespace not in self.rooms:
+            return 0
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        encoded = self.server.packet_class(
+            packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        frames = [
+            eio_packet.Packet(eio_packet.MESSAGE, p)
+            for p in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        eio = self.server.eio
+        sent = 0
+        for sid, eio_sid in self.get_participants(namespace, room):  # type: ignore[attr-defined]
+            if sid in skip:
+                continue
+            for frame in frames:
+                try:
+                    await eio.send_packet(eio_sid, frame)
+                except Exception:  # a socket closing mid-broadcast must not stop the rest
+                    log.debug("send to a closing socket failed", exc_info=True)
+            sent += 1
+        self._observe(event, data, scope, sent)
+        return sent
+
+    def _observe(self, event: str, data: Any, scope: str, sent: int) -> None:
+        metrics = self.metrics
+        if metrics is None or not sent:
+            return
+        metrics.messages_sent.labels(event=event).inc(sent)
+        if event in TIMED_EVENTS and isinstance(data, dict):
+            created = data.get("timestamp")
+            if isinstance(created, int | float):
+                lag = max(0.0, time.time() - created / 1000)
+                metrics.delivery_latency.labels(scope=scope).observe(lag)
+
+
+class LocalManager(FanoutMixin, socketio.AsyncManager):
+    """The embedded mode's manager: every room lives in this process."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    async def emit(  # type: ignore[override]
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if callback is not None:
+            await super().emit(event, data, namespace, room, skip_sid, callback, to, **kwargs)
+            return
+        await self.deliver(event, data, namespace, to or room, skip_sid, scope="local")

@@ -1,0 +1,110 @@
+"""Message history per room, with ids ordered per room so clients can recover what they missed.
+
+Ids have the form ``<milliseconds>-<sequence>``: a Redis Stream id in cluster mode, and the
+same shape in memory, so clients never see the difference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+
+
+def parse_id(value: object) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else."""
+    if not isinstance(value, str) or len(value) > 48:
+        raise ValueError("message id must be a string like '1700000000000-0'")
+    ms, sep, seq = value.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError("message id must be a string like '1700000000000-0'")
+    return int(ms), int(seq)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Messages after a client's last seen id; ``complete`` is false when some were dropped."""
+
+    messages: list[Message]
+    complete: bool
+
+
+class HistoryStore(Protocol):
+    async def append(self, room_id: str, message: Message) -> Message:
+        """Store ``message`` (without ``id``) and return it with its new id."""
+        ...
+
+    async def recent(self, room_id: str, limit: int, before: str | None = None) -> list[Message]:
+        """The last ``limit`` messages (older than ``before``), oldest first."""
+        ...
+
+    async def since(self, room_id: str, last_id: str) -> Recovery:
+        """Every kept message after ``last_id``, oldest first."""
+        ...
+
+
+@dataclass
+class _Room:
+    messages: deque[tuple[tuple[int, int], Message]]
+    last_id: tuple[int, int] = (0, 0)
+    dropped_up_to: tuple[int, int] = (0, 0)
+    touched: float = field(default_factory=time.monotonic)
+
+
+class MemoryHistory:
+    """In-process history: a bounded deque per room, dropped after ``ttl`` idle seconds."""
+
+    def __init__(self, size: int, ttl_seconds: float) -> None:
+        self._size = size
+        self._ttl = ttl_seconds
+        self._rooms: dict[str, _Room] = {}
+        self._appends = 0
+
+    def _room(self, room_id: str) -> _Room | None:
+        room = self._rooms.get(room_id)
+        if room is not None and time.monotonic() - room.touched > self._ttl:
+            del self._rooms[room_id]
+            return None
+        return room
+
+    async def append(self, room_id: str, message: Message) -> Message:
+        room = self._room(room_id)
+        if room is None:
+            room = self._rooms[room_id] = _Room(deque())
+        now_ms = int(time.time() * 1000)
+        ms, seq = room.last_id
+        new_id = (now_ms, 0) if now_ms > ms else (ms, seq + 1)
+        room.last_id = new_id
+        room.touched = time.monotonic()
+        stored = {"id": f"{new_id[0]}-{new_id[1]}", **message}
+        room.messages.append((new_id, stored))
+        while len(room.messages) > self._size:
+            room.dropped_up_to = room.messages.popleft()[0]
+        self._appends += 1
+        if self._appends % 1024 == 0:
+            self._sweep()
+        return stored
+
+    async def recent(self, room_id: str, limit: int, before: str | None = None) -> list[Message]:
+        room = self._room(room_id)
+        if room is None or limit <= 0:
+            return []
+        bound = parse_id(before) if before is not None else None
+        picked = [m for key, m in room.messages if bound is None or key < bound]
+        return picked[-limit:]
+
+    async def since(self, room_id: str, last_id: str) -> Recovery:
+        after = parse_id(last_id)
+        room = self._room(room_id)
+        if room is None:
+            return Recovery([], complete=after == (0, 0))
+        missed = [m for key, m in room.messages if key > after]
+        return Recovery(missed, complete=after >= room.dropped_up_to)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for room_id in [r for r, room in self._rooms.items() if now - room.touched > self._ttl]:
+            del self._rooms[room_id]
