@@ -60,7 +60,10 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each mirrors an environment variable)")
     for variable in VARIABLES:
         group.add_argument(
-            _flag(variable), dest=variable, metavar="VALUE", help=f"overrides ${variable}",
+            _flag(variable),
+            dest=variable,
+            metavar="VALUE",
+            help=f"overrides ${variable}",
             default=argparse.SUPPRESS,
         )
 
@@ -95,7 +98,8 @@ def run_serve(settings: Settings) -> int:
             token = mint_token(settings.jwt_secret, user, 24 * 3600)
             print(f"dev token for {user!r} (24 h): {token}", flush=True)
         print(
-            "connect with: io(URL, {auth: {token}}) -- stop with Ctrl+C", flush=True,
+            "connect with: io(URL, {auth: {token}}) -- stop with Ctrl+C",
+            flush=True,
         )
 
     asyncio.run(serve(create_app(settings), on_started=announce))

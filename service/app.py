@@ -11,7 +11,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import keys
 from .chat import ChatNamespace, Gate
+from .admin import enable_admin_ui
 from .config import Settings
+from .demo import setup_demo_routes
 from .fanout import LocalManager
 from .health import setup_health_routes
 from .lifecycle import monitor_event_loop
@@ -74,6 +76,10 @@ def create_app(
     metrics.connected_clients.set_function(lambda: len(namespace.sessions))
     metrics.rooms.set_function(lambda: _room_count(sio))
 
+    if settings.admin_ui:
+        enable_admin_ui(sio, settings)
+    if settings.dev:
+        setup_demo_routes(app)
     setup_health_routes(app)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.cleanup_ctx.append(monitor_event_loop)

@@ -118,9 +118,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.metrics.event_errors.labels(event=label, code="internal").inc()
             return p.EventError("internal", "internal error").ack()
         finally:
-            self.metrics.event_duration.labels(event=label).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.event_duration.labels(event=label).observe(time.perf_counter() - started)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -150,9 +148,7 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)
-        self.metrics.disconnections.labels(
-            reason=DISCONNECT_REASONS.get(reason, "other")
-        ).inc()
+        self.metrics.disconnections.labels(reason=DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return
         for room_id in sorted(session.rooms):

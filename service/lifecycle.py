@@ -42,9 +42,7 @@ async def drain(app: web.Application) -> None:
         for sid in sids[index : index + batch]:
             if sid not in namespace.sessions:
                 continue
-            await namespace.emit(
-                SERVER_SHUTDOWN, {"reason": "draining", "reconnect": True}, to=sid
-            )
+            await namespace.emit(SERVER_SHUTDOWN, {"reason": "draining", "reconnect": True}, to=sid)
             await namespace.disconnect(sid)
     log.info(
         "drained",

@@ -58,17 +58,24 @@ class Metrics:
             registry=r,
         )
         self.event_errors = Counter(
-            "socketio_event_errors", "Client events answered with an error", ["event", "code"],
+            "socketio_event_errors",
+            "Client events answered with an error",
+            ["event", "code"],
             registry=r,
         )
         self.event_duration = Histogram(
-            "socketio_event_duration_seconds", "Time to handle a client event", ["event"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "socketio_event_duration_seconds",
+            "Time to handle a client event",
+            ["event"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.delivery_latency = Histogram(
             "socketio_delivery_latency_seconds",
             "Message creation to hand-off to local sockets",
-            ["scope"], buckets=LATENCY_BUCKETS, registry=r,
+            ["scope"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.rooms = Gauge("socketio_rooms", "Chat rooms with members on this instance", registry=r)
         self.redis_up = Gauge(
@@ -80,12 +87,17 @@ class Metrics:
             registry=r,
         )
         self.redis_command_duration = Histogram(
-            "socketio_redis_command_duration_seconds", "Redis round trips", ["op"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "socketio_redis_command_duration_seconds",
+            "Redis round trips",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.event_loop_lag = Histogram(
-            "socketio_event_loop_lag_seconds", "How late the event loop runs a timer",
-            buckets=LAG_BUCKETS, registry=r,
+            "socketio_event_loop_lag_seconds",
+            "How late the event loop runs a timer",
+            buckets=LAG_BUCKETS,
+            registry=r,
         )
         self.draining = Gauge("socketio_draining", "1 while shutting down", registry=r)
         self.messages_stored = Counter(
@@ -112,4 +124,3 @@ class Metrics:
             self.event_errors.labels(event="message:send", code=code)
         for scope in ("local", "remote"):
             self.delivery_latency.labels(scope=scope)
-

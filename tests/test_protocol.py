@@ -112,7 +112,9 @@ async def test_history_oldest_first_with_limit_and_before(clients):
         await alice.call("join:room", "h")
         ids = []
         for i in range(7):
-            ids.append((await alice.call("message:send", {"roomId": "h", "message": f"m{i}"}))["id"])
+            ids.append(
+                (await alice.call("message:send", {"roomId": "h", "message": f"m{i}"}))["id"]
+            )
         assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
         ack = await alice.call("history:get", {"roomId": "h"})
         assert [m["message"] for m in ack["messages"]] == ["m2", "m3", "m4", "m5", "m6"]
@@ -124,8 +126,12 @@ async def test_history_oldest_first_with_limit_and_before(clients):
         assert len(ack["messages"]) == 5  # never more than HISTORY_SIZE
         joined = await alice.call("join:room", "h")
         assert [m["message"] for m in joined["history"]] == ["m2", "m3", "m4", "m5", "m6"]
-        for bad in ({"roomId": "h", "limit": 0}, {"roomId": "h", "limit": "5"},
-                    {"roomId": "h", "before": "yesterday"}, {"limit": 3}):
+        for bad in (
+            {"roomId": "h", "limit": 0},
+            {"roomId": "h", "limit": "5"},
+            {"roomId": "h", "before": "yesterday"},
+            {"limit": 3},
+        ):
             assert (await alice.call("history:get", bad))["error"]["code"] == "invalid_payload"
 
 
@@ -136,7 +142,11 @@ async def test_presence_counts_distinct_users(server, clients):
     clients += [alice1, alice2, bob]
     for client in (alice1, alice2, bob):
         await client.call("join:room", "p")
-    assert await bob.call("presence:get", "p") == {"ok": True, "roomId": "p", "users": ["alice", "bob"]}
+    assert await bob.call("presence:get", "p") == {
+        "ok": True,
+        "roomId": "p",
+        "users": ["alice", "bob"],
+    }
     await alice1.close()
     assert (await bob.call("presence:get", "p"))["users"] == ["alice", "bob"]
     await alice2.call("leave:room", "p")
@@ -196,9 +206,19 @@ async def test_room_id_limits_are_inclusive(server, clients):
 
 @pytest.mark.parametrize(
     "payload",
-    ["hello", 5, None, [], ["lobby", "hi"], {"roomId": "lobby"}, {"message": "x"},
-     {"roomId": "lobby", "message": 5}, {"roomId": "lobby", "message": ""},
-     {"roomId": "lobby", "message": ["a"]}, {"roomId": "lobby", "message": {"text": "a"}}],
+    [
+        "hello",
+        5,
+        None,
+        [],
+        ["lobby", "hi"],
+        {"roomId": "lobby"},
+        {"message": "x"},
+        {"roomId": "lobby", "message": 5},
+        {"roomId": "lobby", "message": ""},
+        {"roomId": "lobby", "message": ["a"]},
+        {"roomId": "lobby", "message": {"text": "a"}},
+    ],
     ids=repr,
 )
 async def test_malformed_messages_are_refused_and_not_delivered(server, clients, payload):
