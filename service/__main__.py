@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="the token's sub (user id)")
     token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime, e.g. 1h")
     token.add_argument("--jwt-secret", help="defaults to JWT_SECRET")
+
+    for name, help_text in (
+        ("chat", "a terminal chat client (see: chat --help)"),
+        ("bench", "the load tool (see: bench --help)"),
+    ):
+        tool = sub.add_parser(name, help=help_text, add_help=False)
+        tool.add_argument("tool_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -85,6 +92,7 @@ def run_serve(settings: Settings) -> int:
     from .app import create_app
     from .lifecycle import serve
     from .logs import configure_logging
+    from .tuning import tune_gc
 
     configure_logging(settings.log_level, settings.log_format, settings.instance_id)
 
@@ -102,7 +110,9 @@ def run_serve(settings: Settings) -> int:
             flush=True,
         )
 
-    asyncio.run(serve(create_app(settings), on_started=announce))
+    app = create_app(settings)
+    tune_gc()
+    asyncio.run(serve(app, on_started=announce))
     return 0
 
 
@@ -130,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     if args.command == "token":
         return run_token(args, env)
+    if args.command == "chat":
+        from .chatcli import main as chat_main
+
+        return chat_main(args.tool_args)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args.tool_args)
     try:
         settings = settings_from(args, env)
     except ConfigError as exc:

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import keys
-from .chat import ChatNamespace, Gate
 from .admin import enable_admin_ui
+from .chat import ChatNamespace, Gate
 from .config import Settings
 from .demo import setup_demo_routes
 from .fanout import LocalManager
