@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import socketio
 from aiohttp import web
@@ -12,13 +14,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from . import keys
 from .admin import enable_admin_ui
 from .chat import ChatNamespace, Gate
+from .cluster import RedisManager, RedisMonitor
 from .config import Settings
 from .demo import setup_demo_routes
 from .fanout import LocalManager
 from .health import setup_health_routes
 from .lifecycle import monitor_event_loop
 from .metrics import Metrics
-from .stores import Stores, memory_stores
+from .presence import RedisPresence
+from .stores import Stores, memory_stores, redis_stores
 from .transport import websocket_driver
 
 FRAME_OVERHEAD_BYTES = 16 * 1024
@@ -58,8 +62,14 @@ def create_app(
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     metrics.max_connections.set(settings.max_connections)
     gate = Gate()
-    stores = stores if stores is not None else memory_stores(settings)
-    sio = create_sio(settings, LocalManager(metrics))
+    manager: socketio.AsyncManager
+    if settings.cluster:
+        manager = RedisManager(settings, metrics)
+        stores = stores or redis_stores(settings, manager.redis, metrics)
+    else:
+        manager = LocalManager(metrics)
+        stores = stores or memory_stores(settings)
+    sio = create_sio(settings, manager)
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
     sio.attach(app)
@@ -83,6 +93,8 @@ def create_app(
     setup_health_routes(app)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.cleanup_ctx.append(monitor_event_loop)
+    if isinstance(manager, RedisManager):
+        app.cleanup_ctx.append(_run_cluster)
     app.on_shutdown.append(_socketio_shutdown)
     return app
 
@@ -98,3 +110,23 @@ async def _socketio_shutdown(app: web.Application) -> None:
     if sio.eio.sockets:
         await sio.eio.disconnect()
     await sio.shutdown()
+
+
+async def _run_cluster(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start the pub/sub listener and the Redis monitor; close both at the end."""
+    sio = app[keys.SIO]
+    manager = sio.manager
+    assert isinstance(manager, RedisManager)
+    monitor = RedisMonitor(manager, app[keys.METRICS], app[keys.SETTINGS])
+    presence = app[keys.STORES].presence
+    if isinstance(presence, RedisPresence):
+        monitor.refreshers.append(presence)
+    await monitor.check_once()
+    sio.manager_initialized = True
+    manager.initialize()  # the listener starts now, not on the first client
+    task = asyncio.create_task(monitor.run())
+    app[keys.READINESS_CHECKS].append(monitor.not_ready_reason)
+    app[keys.REDIS_PING] = monitor.ping
+    yield
+    task.cancel()
+    await manager.close()

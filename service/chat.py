@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ import socketio
 from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
+from .history import HistoryUnavailable
 from .metrics import Metrics, event_label
 from .stores import Stores
 
@@ -71,6 +73,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.gate = gate
         self.verifier = TokenVerifier(settings)
         self.sessions: dict[str, Session] = {}
+        self._unstored = 0
+        self._unstored_base = secrets.randbelow(1 << 40)  # unlike any other instance's
         self._handlers: dict[str, Callable[[str, Session, Any], Awaitable[Ack]]] = {
             p.JOIN_ROOM: self.join,
             p.LEAVE_ROOM: self.leave,
@@ -165,8 +169,11 @@ class ChatNamespace(socketio.AsyncNamespace):
                 "too_many_rooms", f"at most {self.settings.max_rooms_per_socket} rooms per socket"
             )
         if new:
-            await self.enter_room(sid, p.room_channel(room_id))
+            channel = p.room_channel(room_id)
+            await self.enter_room(sid, channel)
             session.rooms.add(room_id)
+            # joined means "you will get every message from now on", on every instance
+            await self.server.manager.wait_subscribed(channel)
             await self.stores.presence.add(room_id, session.user_id, sid)
         history = self.stores.history
         limit = min(p.DEFAULT_HISTORY_LIMIT, self.settings.history_size)
@@ -212,18 +219,28 @@ class ChatNamespace(socketio.AsyncNamespace):
         request = p.room_message(payload, self.settings.max_message_bytes)
         if request.room_id not in session.rooms:
             raise p.EventError("not_in_room", "join the room first")
-        stored = await self.stores.history.append(
-            request.room_id,
-            {
-                "roomId": request.room_id,
-                "userId": session.user_id,
-                "message": request.message,
-                "timestamp": now_ms(),
-            },
-        )
+        message = {
+            "roomId": request.room_id,
+            "userId": session.user_id,
+            "message": request.message,
+            "timestamp": now_ms(),
+        }
+        try:
+            stored = await self.stores.history.append(request.room_id, message)
+        except HistoryUnavailable:
+            # Redis is down: keep local members talking, and say the message is not kept
+            log.warning("history unavailable", extra={"event": "history_unavailable"})
+            stored = {"id": self._unstored_id(), **message}
+            await self.emit(p.MESSAGE_RECEIVED, stored, room=p.room_channel(request.room_id))
+            return {"id": stored["id"], "stored": False}
         self.metrics.messages_stored.inc()
         await self.emit(p.MESSAGE_RECEIVED, stored, room=p.room_channel(request.room_id))
         return {"id": stored["id"]}
+
+    def _unstored_id(self) -> str:
+        """An id of the usual shape for a message that could not be stored."""
+        self._unstored += 1
+        return f"{now_ms()}-{self._unstored_base + self._unstored}"
 
     async def send_private(self, sid: str, session: Session, payload: Any) -> Ack:
         request = p.private_message(payload, self.settings.max_message_bytes)

@@ -85,6 +85,13 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _redis_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", value):
+        raise ValueError("expected 1-32 characters of [A-Za-z0-9_.-]")
+    return value
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = _list(raw)
     for origin in origins:
@@ -138,6 +145,9 @@ class Settings:
     shutdown_delay_seconds: float = 3.0
     shutdown_drain_seconds: float = 10.0
     redis_timeout_seconds: float = 2.0
+    redis_prefix: str = "sio"
+    presence_ttl_seconds: float = 30.0
+    pubsub_heartbeat_seconds: float = 1.0
     log_level: str = "info"
     log_format: str = "json"
     instance_id: str = ""
@@ -237,6 +247,9 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SHUTDOWN_DELAY_SECONDS": ("shutdown_delay_seconds", _float(0, 5)),
     "SHUTDOWN_DRAIN_SECONDS": ("shutdown_drain_seconds", _float(0)),
     "REDIS_TIMEOUT_SECONDS": ("redis_timeout_seconds", _float(0.05, 60)),
+    "REDIS_PREFIX": ("redis_prefix", _redis_prefix),
+    "PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", _float(1, 3600)),
+    "PUBSUB_HEARTBEAT_SECONDS": ("pubsub_heartbeat_seconds", _float(0.05, 60)),
     "LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
     "INSTANCE_ID": ("instance_id", str.strip),

@@ -84,6 +84,10 @@ class LocalManager(FanoutMixin, socketio.AsyncManager):
         super().__init__()
         self.metrics = metrics
 
+    async def wait_subscribed(self, room: str, wait_seconds: float = 1.0) -> bool:
+        """Every room is local here: nothing to wait for (see ``RedisManager``)."""
+        return True
+
     async def emit(  # type: ignore[override]
         self,
         event: str,

@@ -6,6 +6,7 @@ same shape in memory, so clients never see the difference.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,3 +109,89 @@ class MemoryHistory:
         now = time.monotonic()
         for room_id in [r for r, room in self._rooms.items() if now - room.touched > self._ttl]:
             del self._rooms[room_id]
+
+
+class HistoryUnavailable(Exception):
+    """History could not be written (Redis down); the caller decides how to degrade."""
+
+
+# KEYS: stream, dropped-marker; ARGV: message JSON, size, ttl seconds.
+# Trims by hand so the id of the newest dropped entry is known: recovery needs it to tell
+# "nothing missed" from "gap older than what is kept" (XADD MAXLEN does not record it).
+_APPEND_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
+local size = tonumber(ARGV[2])
+local excess = redis.call('XLEN', KEYS[1]) - size
+if excess > 0 then
+  local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
+  redis.call('SET', KEYS[2], old[#old][1])
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', size)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return id
+"""
+
+
+class RedisHistory:
+    """History in one Redis Stream per room: capped at ``size``, expired after ``ttl`` idle."""
+
+    def __init__(
+        self, redis: Any, metrics: Any, *, size: int, ttl_seconds: int, prefix: str
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._size = size
+        self._ttl = ttl_seconds
+        self._prefix = prefix
+        self._append = redis.register_script(_APPEND_SCRIPT)
+
+    def _keys(self, room_id: str) -> tuple[str, str]:
+        stream = f"{self._prefix}:history:{{{room_id}}}"
+        return stream, f"{stream}:dropped"
+
+    async def append(self, room_id: str, message: Message) -> Message:
+        stream, dropped = self._keys(room_id)
+        try:
+            with self._metrics.redis_op("history_append"):
+                raw_id = await self._append(
+                    keys=[stream, dropped],
+                    args=[json.dumps(message, separators=(",", ":")), self._size, self._ttl],
+                )
+        except Exception as exc:
+            raise HistoryUnavailable(str(exc)) from exc
+        return {"id": _text(raw_id), **message}
+
+    async def recent(self, room_id: str, limit: int, before: str | None = None) -> list[Message]:
+        if limit <= 0:
+            return []
+        stream, _ = self._keys(room_id)
+        with self._metrics.redis_op("history_read"):
+            entries = await self._redis.xrevrange(
+                stream, max=f"({before}" if before else "+", min="-", count=limit
+            )
+        return [_decode(entry) for entry in reversed(entries)]
+
+    async def since(self, room_id: str, last_id: str) -> Recovery:
+        after = parse_id(last_id)
+        stream, dropped = self._keys(room_id)
+        with self._metrics.redis_op("history_read"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(stream, min=f"({last_id}", max="+", count=max(self._size, 1))
+                pipe.get(dropped)
+                pipe.exists(stream)
+                entries, dropped_id, exists = await pipe.execute()
+        if not exists:
+            return Recovery([], complete=after == (0, 0))
+        dropped_up_to = parse_id(_text(dropped_id)) if dropped_id else (0, 0)
+        return Recovery([_decode(e) for e in entries], complete=after >= dropped_up_to)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(entry: tuple[Any, dict[Any, Any]]) -> Message:
+    entry_id, fields = entry
+    raw = fields.get(b"m", fields.get("m"))
+    return {"id": _text(entry_id), **json.loads(raw)}

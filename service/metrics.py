@@ -6,6 +6,10 @@ user or room ever becomes a label value.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -108,6 +112,15 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
         self._precreate()
+
+    @contextmanager
+    def redis_op(self, op: str) -> Iterator[None]:
+        """Time one Redis round trip (failures included) under ``op``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.redis_command_duration.labels(op=op).observe(time.perf_counter() - started)
 
     def _precreate(self) -> None:
         """Known label values exist from the start, so rate() works on the first increment."""

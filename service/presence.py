@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class PresenceStore(Protocol):
@@ -37,3 +38,67 @@ class MemoryPresence:
 
     async def users(self, room_id: str) -> list[str]:
         return sorted(self._rooms.get(room_id, {}))
+
+    def snapshot(self) -> dict[str, dict[str, set[str]]]:
+        return {
+            room: {user: set(sids) for user, sids in users.items()}
+            for room, users in self._rooms.items()
+        }
+
+
+class RedisPresence:
+    """Cluster-wide presence: a sorted set per room of ``<sid>:<user>`` scored by expiry.
+
+    Each instance re-adds its own entries every ``ttl / 3`` seconds (:meth:`refresh`), so the
+    users of a killed instance vanish from :meth:`users` within ``ttl`` seconds.
+    """
+
+    def __init__(self, redis: Any, metrics: Any, *, ttl_seconds: float, prefix: str) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._ttl = ttl_seconds
+        self._prefix = prefix
+        self._local = MemoryPresence()  # what this instance must keep refreshing
+
+    def _key(self, room_id: str) -> str:
+        return f"{self._prefix}:presence:{{{room_id}}}"
+
+    async def add(self, room_id: str, user_id: str, sid: str) -> None:
+        await self._local.add(room_id, user_id, sid)
+        await self._write({room_id: {user_id: {sid}}})
+
+    async def remove(self, room_id: str, user_id: str, sid: str) -> None:
+        await self._local.remove(room_id, user_id, sid)
+        with self._metrics.redis_op("presence_write"):
+            await self._redis.zrem(self._key(room_id), f"{sid}:{user_id}")
+
+    async def users(self, room_id: str) -> list[str]:
+        key = self._key(room_id)
+        with self._metrics.redis_op("presence_read"):
+            members = await self._redis.zrangebyscore(key, time.time(), "+inf")
+        return sorted({_text(m).split(":", 1)[1] for m in members})
+
+    async def refresh(self) -> None:
+        """Push every local entry's expiry forward and drop expired entries of those rooms."""
+        await self._write(self._local.snapshot())
+
+    async def _write(self, rooms: dict[str, dict[str, set[str]]]) -> None:
+        if not rooms:
+            return
+        now = time.time()
+        expires = now + self._ttl
+        with self._metrics.redis_op("presence_write"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room_id, users in rooms.items():
+                    key = self._key(room_id)
+                    members = {
+                        f"{sid}:{user}": expires for user, sids in users.items() for sid in sids
+                    }
+                    pipe.zadd(key, members)
+                    pipe.zremrangebyscore(key, "-inf", now)
+                    pipe.expire(key, int(self._ttl * 2) + 1)
+                await pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class RateLimiter(Protocol):
@@ -42,3 +42,56 @@ class MemoryRateLimiter:
         stale = [u for u, (_, updated) in self._buckets.items() if now - updated >= full_after]
         for user_id in stale:
             del self._buckets[user_id]
+
+
+# KEYS: bucket; ARGV: capacity, tokens per millisecond. Returns the wait in ms as a string.
+# Time comes from Redis so every instance agrees on the refill.
+_TAKE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(bucket[1]) or capacity
+local ts = tonumber(bucket[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens < 1 then
+  wait = (1 - tokens) / rate
+else
+  tokens = tokens - 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisRateLimiter:
+    """The same bucket, shared by every instance: one atomic script call per event.
+
+    When Redis does not answer, the local bucket decides, so a Redis outage neither blocks
+    users nor lifts the limit.
+    """
+
+    def __init__(
+        self, redis: Any, metrics: Any, *, events: int, window_seconds: float, prefix: str
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._prefix = prefix
+        self._capacity = events
+        self._rate_per_ms = events / (window_seconds * 1000)
+        self._take = redis.register_script(_TAKE_SCRIPT)
+        self.fallback = MemoryRateLimiter(events, window_seconds)
+
+    async def acquire(self, user_id: str) -> float:
+        try:
+            with self._metrics.redis_op("rate_limit"):
+                wait_ms = await self._take(
+                    keys=[f"{self._prefix}:ratelimit:{{{user_id}}}"],
+                    args=[self._capacity, repr(self._rate_per_ms)],
+                )
+        except Exception:
+            return self.fallback.take(user_id)
+        return float(wait_ms) / 1000

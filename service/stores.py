@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Settings
-from .history import HistoryStore, MemoryHistory
-from .presence import MemoryPresence, PresenceStore
-from .ratelimit import MemoryRateLimiter, RateLimiter
+from .history import HistoryStore, MemoryHistory, RedisHistory
+from .metrics import Metrics
+from .presence import MemoryPresence, PresenceStore, RedisPresence
+from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 
 @dataclass(frozen=True)
@@ -23,4 +25,27 @@ def memory_stores(settings: Settings) -> Stores:
         history=MemoryHistory(settings.history_size, settings.history_ttl_seconds),
         presence=MemoryPresence(),
         limiter=MemoryRateLimiter(settings.rate_limit_events, settings.rate_limit_window_seconds),
+    )
+
+
+def redis_stores(settings: Settings, redis: Any, metrics: Metrics) -> Stores:
+    """Cluster mode: history, presence and rate limits shared by every instance."""
+    return Stores(
+        history=RedisHistory(
+            redis,
+            metrics,
+            size=settings.history_size,
+            ttl_seconds=settings.history_ttl_seconds,
+            prefix=settings.redis_prefix,
+        ),
+        presence=RedisPresence(
+            redis, metrics, ttl_seconds=settings.presence_ttl_seconds, prefix=settings.redis_prefix
+        ),
+        limiter=RedisRateLimiter(
+            redis,
+            metrics,
+            events=settings.rate_limit_events,
+            window_seconds=settings.rate_limit_window_seconds,
+            prefix=settings.redis_prefix,
+        ),
     )

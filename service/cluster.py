@@ -1,0 +1,350 @@
+"""Cluster mode: fan-out across instances through Redis pub/sub, routed by room.
+
+``RedisManager`` extends python-socketio's ``AsyncPubSubManager`` and fills in its transport
+hooks (``_publish``/``_listen``) the way @socket.io/redis-adapter's sharded adapter does:
+
+* an emit to ``room:<id>`` or ``user:<id>`` is published on that room's own channel, and an
+  instance subscribes only to the rooms that have local members, so it never decodes traffic
+  for rooms it does not serve; whole-namespace broadcasts and control messages use one
+  shared channel;
+* the listener reconnects within a second of Redis coming back (the stock one backs off
+  up to 60 s);
+* each instance publishes a heartbeat on the shared channel and must hear it back, or it
+  reports itself deaf (python-socketio#1581) so readiness fails instead of silently
+  dropping cross-instance messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlparse
+
+from redis import asyncio as aioredis
+from socketio.async_pubsub_manager import AsyncPubSubManager
+from socketio.redis_manager import parse_redis_sentinel_url
+
+from .config import Settings
+from .fanout import FanoutMixin
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ROUTED_PREFIXES = ("room:", "user:")
+MAX_RECONNECT_DELAY = 1.0
+
+
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    """A client for ``REDIS_URL`` (``redis://``, ``rediss://``, ``redis+sentinel://``).
+
+    Short timeouts: an unreachable Redis must turn into a fast failure and a not-ready
+    instance, never a hung event handler.
+    """
+    timeout = settings.redis_timeout_seconds
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 15,
+    }
+    if urlparse(settings.redis_url).scheme == "redis+sentinel":
+        sentinels, service_name, connection = parse_redis_sentinel_url(settings.redis_url)
+        sentinel = aioredis.Sentinel(sentinels, sentinel_kwargs=options, **connection, **options)
+        return sentinel.master_for(service_name or "mymaster")
+    return aioredis.Redis.from_url(settings.redis_url, **options)
+
+
+def routed(room: object) -> bool:
+    return isinstance(room, str) and room.startswith(ROUTED_PREFIXES)
+
+
+class RedisManager(FanoutMixin, AsyncPubSubManager):
+    name = "service-redis"
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(channel=f"{settings.redis_prefix}:socketio")
+        self.metrics = metrics
+        self.redis = connect_redis(settings)
+        self.heartbeat_seconds = settings.pubsub_heartbeat_seconds
+        self.available = True  # cleared by the health monitor while Redis does not answer
+        self.listening = False
+        self._pubsub: Any = None
+        self._wanted: set[str] = set()
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._heard_at = time.monotonic()
+        self._sent_at = 0.0
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def channel_for(self, room: str) -> str:
+        return f"{self.channel}#{room}"
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> Any:
+        result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if routed(room) and room not in self._wanted:
+            self._wanted.add(room)
+            self._change_subscription("subscribe", room)
+        return result
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> Any:
+        result = super().basic_leave_room(sid, namespace, room)
+        if routed(room) and room in self._wanted and room not in self.rooms.get(namespace, {}):
+            self._wanted.discard(room)
+            self._confirmed.pop(room, None)
+            self._change_subscription("unsubscribe", room)
+        return result
+
+    def _change_subscription(self, action: str, room: str) -> None:
+        if action == "subscribe":
+            self._confirmed.setdefault(room, asyncio.Event())
+        pubsub = self._pubsub
+        if pubsub is None or not self.listening:
+            return  # the listener subscribes to everything wanted when it (re)connects
+        task = asyncio.ensure_future(getattr(pubsub, action)(self.channel_for(room)))
+        task.add_done_callback(_ignore_failure)
+
+    async def wait_subscribed(self, room: str, wait_seconds: float = 1.0) -> bool:
+        """Wait until Redis confirmed the subscription for a room this instance just joined."""
+        event = self._confirmed.get(room)
+        if event is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), wait_seconds)
+        return event.is_set()
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    async def emit(  # type: ignore[override]
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        namespace = namespace or "/"
+        if callback is not None or kwargs.get("ignore_queue"):
+            await super().emit(
+                event,
+                data,
+                namespace=namespace,
+                room=room,
+                skip_sid=skip_sid,
+                callback=callback,
+                **kwargs,
+            )
+            return
+        await self.deliver(event, data, namespace, room, skip_sid, scope="local")
+        if isinstance(room, str) and self.is_connected(room, namespace):
+            return  # addressed to one socket of this instance: nobody else needs it
+        args = list(data) if isinstance(data, tuple) else [data]
+        await self._publish(
+            {
+                "method": "emit",
+                "event": event,
+                "data": args,
+                "binary": False,
+                "namespace": namespace,
+                "room": room,
+                "skip_sid": skip_sid,
+                "callback": None,
+                "host_id": self.host_id,
+            }
+        )
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        room = data.get("room")
+        channel = (
+            self.channel_for(room)
+            if data.get("method") == "emit" and routed(room)
+            else (self.channel)
+        )
+        if not self.available:
+            return  # Redis is down: local delivery already happened, don't stall the sender
+        try:
+            with self.metrics.redis_op("publish"):
+                await self.redis.publish(channel, json.dumps(data, separators=(",", ":")))
+        except Exception as exc:
+            log.warning("publish failed", extra={"event": "redis_publish_error", "error": str(exc)})
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        if isinstance(data, list):
+            data = data[0] if len(data) == 1 else tuple(data)
+        await self.deliver(
+            message["event"],
+            data,
+            message.get("namespace") or "/",
+            message.get("room"),
+            message.get("skip_sid"),
+            scope="remote",
+        )
+
+    async def _listen(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        """Yield decoded messages for the base class, reconnecting fast after any failure."""
+        delay = 0.05
+        while True:
+            try:
+                self._pubsub = self.redis.pubsub()
+                await self._pubsub.subscribe(
+                    self.channel, *(self.channel_for(r) for r in sorted(self._wanted))
+                )
+                self.listening = True
+                delay = 0.05
+                log.info("pubsub listening", extra={"event": "pubsub_listening"})
+                async for message in self._pubsub.listen():
+                    decoded = self._on_message(message)
+                    if decoded is not None:
+                        yield decoded
+                raise ConnectionError("pubsub stream ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.listening:
+                    log.warning(
+                        "pubsub connection lost", extra={"event": "pubsub_lost", "error": str(exc)}
+                    )
+                self.listening = False
+                await self._close_pubsub()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    def _on_message(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            channel = _text(message["channel"])
+            room = channel.partition("#")[2]
+            if room in self._confirmed:
+                self._confirmed[room].set()
+            return None
+        if kind != "message":
+            return None
+        try:
+            data = json.loads(message["data"])
+        except (TypeError, ValueError):
+            log.warning("undecodable pubsub message", extra={"event": "pubsub_bad_message"})
+            return None
+        if not isinstance(data, dict):
+            return None
+        if data.get("method") == "heartbeat":
+            if data.get("host_id") == self.host_id:
+                self._heard_at = time.monotonic()
+            return None
+        return data
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        for event in self._confirmed.values():
+            event.clear()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    # -- heartbeat --------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Publish one heartbeat; the listener records when it comes back."""
+        try:
+            await self.redis.publish(
+                self.channel, json.dumps({"method": "heartbeat", "host_id": self.host_id})
+            )
+        except Exception:
+            return
+        self._sent_at = time.monotonic()
+
+    @property
+    def deaf(self) -> bool:
+        """Heartbeats go out fine but have not come back for a while."""
+        limit = max(3 * self.heartbeat_seconds, 2.0)
+        return self.listening and self._sent_at - self._heard_at > limit
+
+    async def close(self) -> None:
+        if self.thread is not None:
+            self.thread.cancel()
+            with contextlib.suppress(BaseException):
+                await self.thread
+        await self._close_pubsub()
+        await self.redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ignore_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # the listener resubscribes everything after a reconnect
+
+
+class RedisMonitor:
+    """Background duties of a cluster instance: Redis health, heartbeats, presence refresh."""
+
+    def __init__(self, manager: RedisManager, metrics: Metrics, settings: Settings) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.settings = settings
+        self.up = False
+        self.latency_ms: float | None = None
+        self.refreshers: list[Any] = []  # stores with an async refresh()
+
+    async def ping(self) -> float | None:
+        """Round trip in milliseconds, or None when Redis does not answer in time."""
+        started = time.perf_counter()
+        try:
+            with self.metrics.redis_op("ping"):
+                await asyncio.wait_for(
+                    self.manager.redis.ping(), self.settings.redis_timeout_seconds
+                )
+        except Exception:
+            return None
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    async def check_once(self) -> None:
+        latency = await self.ping()
+        was_up, self.up = self.up, latency is not None
+        self.latency_ms = latency
+        self.manager.available = self.up
+        self.metrics.redis_up.set(1 if self.up else 0)
+        if was_up != self.up:
+            log.log(
+                logging.INFO if self.up else logging.WARNING,
+                "redis reachable" if self.up else "redis unreachable",
+                extra={"event": "redis_up" if self.up else "redis_down"},
+            )
+        if self.up:
+            await self.manager.heartbeat()
+        self.metrics.pubsub_deaf.set(1 if self.manager.deaf else 0)
+
+    async def run(self) -> None:
+        interval = min(0.5, self.manager.heartbeat_seconds)
+        refresh_every = self.settings.presence_ttl_seconds / 3
+        refreshed = time.monotonic()
+        while True:
+            await self.check_once()
+            if self.up and time.monotonic() - refreshed >= refresh_every:
+                refreshed = time.monotonic()
+                for store in self.refreshers:
+                    try:
+                        await store.refresh()
+                    except Exception as exc:
+                        log.warning("presence refresh failed", extra={"error": str(exc)})
+            await asyncio.sleep(interval)
+
+    async def not_ready_reason(self) -> str | None:
+        if not self.up:
+            return "redis_unreachable"
+        if not self.manager.listening:
+            return "pubsub_disconnected"
+        if self.manager.deaf:
+            return "pubsub_deaf"
+        return None

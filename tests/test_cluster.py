@@ -1,0 +1,285 @@
+"""Cluster mode: several instances sharing one real Redis behave as one service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from service import keys
+
+from .helpers import RunningServer, connect, running_server, spawn_service
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    redis_url: str, count: int = 2, **overrides: Any
+) -> AsyncIterator[list[RunningServer]]:
+    async with contextlib.AsyncExitStack() as stack:
+        servers = [
+            await stack.enter_async_context(
+                running_server(redis_url=redis_url, instance_id=f"i{n}", **overrides)
+            )
+            for n in range(count)
+        ]
+        yield servers
+
+
+async def numsub(redis_url: str, channel: str) -> int:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        [(_, count)] = await client.pubsub_numsub(channel)
+        return int(count)
+    finally:
+        await client.aclose()
+
+
+async def readyz(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_every_event_crosses_instances(redis_url, clients):
+    async with cluster(redis_url) as (a, b):
+        alice = await connect(a.url, "alice")
+        bob = await connect(b.url, "bob", transports=["polling"])
+        clients += [alice, bob]
+        await alice.call("join:room", "x")
+        await bob.call("join:room", "x")
+        joined = await alice.wait_for("user:joined")
+        assert joined["userId"] == "bob"
+
+        ack = await alice.call("message:send", {"roomId": "x", "message": "from a"})
+        for client in (alice, bob):
+            got = await client.wait_for("message:received")
+            assert got["id"] == ack["id"] and got["message"] == "from a"
+        await asyncio.sleep(0.2)
+        assert len(bob.events["message:received"]) == 1  # exactly once
+
+        pm = await bob.call("message:private", {"targetUserId": "alice", "message": "psst"})
+        got = await alice.wait_for("message:private:received")
+        assert got["id"] == pm["id"] and got["fromUserId"] == "bob"
+
+        await bob.call("typing:start", "x")
+        assert await alice.wait_for("typing:user:start") == {"userId": "bob", "roomId": "x"}
+        await bob.call("typing:stop", "x")
+        assert await alice.wait_for("typing:user:stop") == {"userId": "bob", "roomId": "x"}
+
+        assert (await alice.call("presence:get", "x"))["users"] == ["alice", "bob"]
+        history = await bob.call("history:get", {"roomId": "x"})
+        assert [m["id"] for m in history["messages"]] == [ack["id"]]
+
+        await bob.call("leave:room", "x")
+        left = await alice.wait_for("user:left")
+        assert left["userId"] == "bob"
+        assert (await alice.call("presence:get", "x"))["users"] == ["alice"]
+
+
+async def test_instances_subscribe_only_to_rooms_with_local_members(redis_url, clients):
+    async with cluster(redis_url) as (a, b):
+        channel = "sio:socketio#room:quiet"
+        alice = await connect(a.url, "alice")
+        clients.append(alice)
+        assert await numsub(redis_url, channel) == 0
+        await alice.call("join:room", "quiet")
+        assert await numsub(redis_url, channel) == 1  # only instance a
+        bob = await connect(b.url, "bob")
+        clients.append(bob)
+        await bob.call("join:room", "quiet")
+        assert await numsub(redis_url, channel) == 2
+        await bob.call("leave:room", "quiet")
+        await asyncio.sleep(0.2)
+        assert await numsub(redis_url, channel) == 1
+        # each user's own channel follows its sockets too
+        assert await numsub(redis_url, "sio:socketio#user:bob") == 1
+        await bob.close()
+        await asyncio.sleep(0.2)
+        assert await numsub(redis_url, "sio:socketio#user:bob") == 0
+        # a message for the room reaches a's member, and b's listener is not subscribed to it
+        await alice.call("message:send", {"roomId": "quiet", "message": "only a"})
+        await alice.wait_for("message:received")
+        assert "room:quiet" not in b.app[keys.SIO].manager._wanted
+
+
+async def test_history_recovery_after_moving_instance(redis_url, clients):
+    async with cluster(redis_url, history_size=50) as (a, b):
+        alice = await connect(a.url, "alice")
+        bob = await connect(b.url, "bob")
+        clients += [alice, bob]
+        await alice.call("join:room", "move")
+        await bob.call("join:room", "move")
+        first = (await bob.call("message:send", {"roomId": "move", "message": "1"}))["id"]
+        await alice.wait_for("message:received")
+        await alice.close()  # alice's instance goes away from her point of view
+        later = [
+            (await bob.call("message:send", {"roomId": "move", "message": str(n)}))["id"]
+            for n in (2, 3)
+        ]
+        alice = await connect(b.url, "alice")
+        clients.append(alice)
+        ack = await alice.call("join:room", {"roomId": "move", "since": first})
+        assert [m["id"] for m in ack["missed"]] == later
+        assert ack["recovered"] is True
+        assert [m["message"] for m in ack["missed"]] == ["2", "3"]
+
+
+async def test_recovery_reports_gaps_older_than_history(redis_url, clients):
+    async with cluster(redis_url, count=1, history_size=2) as (a,):
+        alice = await connect(a.url, "alice")
+        clients.append(alice)
+        await alice.call("join:room", "gap")
+        ids = [
+            (await alice.call("message:send", {"roomId": "gap", "message": str(n)}))["id"]
+            for n in range(5)
+        ]
+        kept = await alice.call("join:room", {"roomId": "gap", "since": ids[2]})
+        assert kept["recovered"] is True and [m["id"] for m in kept["missed"]] == ids[3:]
+        lost = await alice.call("join:room", {"roomId": "gap", "since": ids[0]})
+        assert lost["recovered"] is False and [m["id"] for m in lost["missed"]] == ids[3:]
+        gone = await alice.call("join:room", {"roomId": "never-used", "since": ids[0]})
+        assert gone["recovered"] is False and gone["missed"] == []
+
+
+async def test_history_keys_expire_and_stay_capped(redis_url, clients):
+    async with cluster(redis_url, count=1, history_size=3, history_ttl_seconds=60) as (a,):
+        alice = await connect(a.url, "alice")
+        clients.append(alice)
+        await alice.call("join:room", "ttl")
+        for n in range(10):
+            await alice.call("message:send", {"roomId": "ttl", "message": str(n)})
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            key = "sio:history:{ttl}"
+            assert await client.xlen(key) == 3
+            assert 0 < await client.ttl(key) <= 60
+            assert 0 < await client.ttl(f"{key}:dropped") <= 60
+        finally:
+            await client.aclose()
+
+
+async def test_rate_limit_is_cluster_wide(redis_url, clients):
+    async with cluster(redis_url, rate_limit_events=6, rate_limit_window_seconds=60) as (a, b):
+        on_a = await connect(a.url, "alice")  # handshake: 1 token
+        on_b = await connect(b.url, "alice")  # handshake: 1 token
+        clients += [on_a, on_b]
+        for _ in range(2):
+            assert (await on_a.call("presence:get", "r"))["ok"]
+            assert (await on_b.call("presence:get", "r"))["ok"]
+        limited = await on_b.call("presence:get", "r")
+        assert limited["error"]["code"] == "rate_limited"
+        assert limited["error"]["retryAfterMs"] > 0
+        assert (await on_a.call("presence:get", "r"))["error"]["code"] == "rate_limited"
+
+
+async def test_presence_of_a_killed_instance_expires(redis_url, clients):
+    async with cluster(redis_url, count=1, presence_ttl_seconds=3) as (a,):
+        doomed = spawn_service(env={"REDIS_URL": redis_url, "PRESENCE_TTL_SECONDS": "3"})
+        try:
+            carol = await connect(doomed.url, "carol")
+            await carol.call("join:room", "ghosts")
+            alice = await connect(a.url, "alice")
+            clients.append(alice)
+            await alice.call("join:room", "ghosts")
+            assert (await alice.call("presence:get", "ghosts"))["users"] == ["alice", "carol"]
+            doomed.stop(sig=9)
+            killed = time.monotonic()
+            while "carol" in (await alice.call("presence:get", "ghosts"))["users"]:
+                assert time.monotonic() - killed < 10, "carol never left presence"
+                await asyncio.sleep(0.2)
+            gone_after = time.monotonic() - killed
+            assert gone_after <= 3 + 1  # the TTL, plus one poll
+            await carol.sio.eio.disconnect(abort=True)
+        finally:
+            doomed.stop(sig=9)
+
+
+async def test_ready_with_redis_and_not_ready_without(own_redis):
+    started = time.monotonic()
+    proc = spawn_service(env={"REDIS_URL": own_redis.url})
+    try:
+        while (await readyz(proc.url))[0] != 200:
+            assert time.monotonic() - started < 5, "not ready within 5 s of start"
+            await asyncio.sleep(0.05)
+        own_redis.kill()
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = await readyz(proc.url)
+            if status == 503 and "redis_unreachable" in body["reasons"]:
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/healthz") as resp:
+            assert resp.status == 200  # liveness never depends on Redis
+        async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/health") as resp:
+            detail = await resp.json()
+        assert detail["redis"]["connected"] is False
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+async def test_redis_restart_mid_traffic(own_redis, clients, tmp_path):
+    """Kill Redis under traffic; local delivery continues, remote resumes fast after restart."""
+    from .redis_server import RedisServer
+
+    own_redis.stop()
+    durable = RedisServer(
+        own_redis.workdir, own_redis.port, "--appendonly", "yes", "--appendfsync", "always"
+    ).start()
+    try:
+        async with cluster(durable.url) as (a, b):
+            sender = await connect(a.url, "alice")
+            local = await connect(a.url, "carol")
+            remote = await connect(b.url, "bob")
+            clients += [sender, local, remote]
+            for client in (sender, local, remote):
+                await client.call("join:room", "live")
+            stored_before = (
+                await sender.call("message:send", {"roomId": "live", "message": "kept"})
+            )["id"]
+            await remote.wait_for("message:received", lambda m: m["id"] == stored_before)
+
+            durable.kill()
+            await asyncio.sleep(1.5)
+            status, body = await readyz(a.url)
+            assert status == 503 and "redis_unreachable" in body["reasons"]
+            during = await sender.call("message:send", {"roomId": "live", "message": "outage"})
+            assert during["ok"] is True and during["stored"] is False
+            got = await local.wait_for("message:received", lambda m: m["message"] == "outage")
+            assert got["id"] == during["id"]
+
+            await asyncio.sleep(3)  # a long-ish outage
+            durable.start()
+            restarted = time.monotonic()
+            n = 0
+            while True:
+                n += 1
+                text = f"after-{n}"
+                await sender.call("message:send", {"roomId": "live", "message": text}, timeout=10)
+                with contextlib.suppress(TimeoutError):
+                    await remote.wait_for(
+                        "message:received", lambda m, t=text: m["message"] == t, timeout=0.1
+                    )
+                    break
+                assert time.monotonic() - restarted < 5, "cross-instance delivery did not resume"
+            resumed_after = time.monotonic() - restarted
+            print(f"\ncross-instance delivery resumed {resumed_after:.2f}s after Redis restart")
+            assert resumed_after <= 5
+            while (await readyz(a.url))[0] != 200:
+                assert time.monotonic() - restarted < 5
+                await asyncio.sleep(0.05)
+            history = await bob_history(remote)
+            assert stored_before in history  # nothing stored before the crash is lost
+    finally:
+        durable.stop()
+
+
+async def bob_history(client) -> list[str]:
+    ack = await client.call("history:get", {"roomId": "live", "limit": 100})
+    return [m["id"] for m in ack["messages"]]
