@@ -51,7 +51,11 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     reasons = await not_ready_reasons(app)
     redis_ping = app.get(keys.REDIS_PING)
-    redis: dict[str, object] = {"configured": redis_ping is not None}
+    redis: dict[str, object] = {
+        "configured": redis_ping is not None,
+        "connected": False,
+        "latency": None,
+    }
     if redis_ping is not None:
         latency = await redis_ping()
         redis.update(connected=latency is not None, latency=latency)

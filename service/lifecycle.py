@@ -16,37 +16,76 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from . import keys
+from .chat import ChatNamespace
 from .protocol import SERVER_SHUTDOWN
 
 log = logging.getLogger(__name__)
 
 DRAIN_TICK_SECONDS = 0.1
+"""The finest spacing between two disconnect batches."""
+
+SHUTDOWN_PAYLOAD = {"reason": "draining", "reconnect": True}
+
+
+def begin_drain(app: web.Application) -> None:
+    """Readiness turns 503 and new handshakes get ``draining``, from this call on."""
+    app[keys.GATE].draining = True
+    app[keys.METRICS].draining.set(1)
+
+
+def drain_schedule(clients: int, seconds: float) -> list[tuple[float, int, int]]:
+    """``(offset, start, stop)`` slices of the client list, spread evenly over ``seconds``.
+
+    At most one batch per :data:`DRAIN_TICK_SECONDS` and never more batches than clients,
+    so ten clients over ten seconds leave one a second rather than all in the first tenth.
+    """
+    if clients <= 0:
+        return []
+    ticks = max(1, min(clients, math.floor(seconds / DRAIN_TICK_SECONDS)))
+    interval = seconds / ticks
+    return [
+        (interval * i, clients * i // ticks, clients * (i + 1) // ticks)
+        for i in range(ticks)
+        if clients * i // ticks < clients * (i + 1) // ticks
+    ]
+
+
+async def _shut_down_client(namespace: ChatNamespace, sid: str) -> None:
+    """Tell one client why, then disconnect it; a socket already gone is not an error."""
+    if sid not in namespace.sessions:
+        return
+    try:
+        await namespace.emit(SERVER_SHUTDOWN, SHUTDOWN_PAYLOAD, to=sid)
+        await namespace.disconnect(sid)
+    except Exception:
+        log.warning("drain: disconnect failed", exc_info=True, extra={"event": "drain_error"})
 
 
 async def drain(app: web.Application) -> None:
-    """Refuse new handshakes, wait for endpoints to update, then disconnect in batches."""
+    """Refuse new handshakes, wait for endpoints to update, then disconnect in batches.
+
+    DESIGN §7: readiness is 503 at once; after ``SHUTDOWN_DELAY_SECONDS`` (load balancers
+    stop sending new connections) each client gets ``server:shutdown`` and is disconnected,
+    in batches spread evenly over ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other
+    replicas as a trickle, not a herd.
+    """
     settings = app[keys.SETTINGS]
     namespace = app[keys.NAMESPACE]
-    app[keys.GATE].draining = True
-    app[keys.METRICS].draining.set(1)
+    begin_drain(app)
     log.info("draining", extra={"event": "drain_start", "connections": len(namespace.sessions)})
     await asyncio.sleep(settings.shutdown_delay_seconds)
     sids = list(namespace.sessions)
-    ticks = max(1, math.floor(settings.shutdown_drain_seconds / DRAIN_TICK_SECONDS))
-    batch = max(1, math.ceil(len(sids) / ticks))
-    interval = settings.shutdown_drain_seconds / ticks
     started = time.monotonic()
-    for index in range(0, len(sids), batch):
-        if index:
-            await asyncio.sleep(max(0.0, started + interval * (index // batch) - time.monotonic()))
-        for sid in sids[index : index + batch]:
-            if sid not in namespace.sessions:
-                continue
-            await namespace.emit(SERVER_SHUTDOWN, {"reason": "draining", "reconnect": True}, to=sid)
-            await namespace.disconnect(sid)
+    for offset, first, last in drain_schedule(len(sids), settings.shutdown_drain_seconds):
+        await asyncio.sleep(max(0.0, started + offset - time.monotonic()))
+        await asyncio.gather(*(_shut_down_client(namespace, sid) for sid in sids[first:last]))
     log.info(
         "drained",
-        extra={"event": "drain_done", "clients": len(sids), "seconds": time.monotonic() - started},
+        extra={
+            "event": "drain_done",
+            "clients": len(sids),
+            "seconds": round(time.monotonic() - started, 3),
+        },
     )
 
 

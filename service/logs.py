@@ -35,7 +35,8 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self, instance_id: str) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        safe_id = instance_id.replace("%", "%%")
+        super().__init__(f"%(asctime)s %(levelname)-7s [{safe_id}] %(name)s: %(message)s")
         self.instance_id = instance_id
 
     def format(self, record: logging.LogRecord) -> str:
