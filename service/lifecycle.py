@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 DRAIN_TICK_SECONDS = 0.1
 """The finest spacing between two disconnect batches."""
+CLOSE_GRACE_SECONDS = 1.0
+"""How long the last transports may take to flush their close packet after the drain."""
+HTTP_SHUTDOWN_SECONDS = 2.0
+"""aiohttp's wait for in-flight requests (long-polls end with their close packet)."""
 
 SHUTDOWN_PAYLOAD = {"reason": "draining", "reconnect": True}
 
@@ -89,6 +93,30 @@ async def drain(app: web.Application) -> None:
     )
 
 
+async def close_transports(app: web.Application, grace: float = CLOSE_GRACE_SECONDS) -> None:
+    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds for flushes.
+
+    python-engineio's ``disconnect()`` waits until each socket's queue is drained, which for
+    a long-polling client that went away lasts until its ping timeout (45 s by default):
+    longer than a pod's grace period. Websockets flush at once; the rest are dropped.
+    """
+    eio = app[keys.SIO].eio
+    sockets = list(eio.sockets.values())
+    if sockets:
+        tasks = [
+            asyncio.create_task(sock.close(reason=eio.reason.SERVER_DISCONNECT)) for sock in sockets
+        ]
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.info(
+                "closed without flushing",
+                extra={"event": "drain_abandoned", "connections": len(pending)},
+            )
+    eio.sockets = {}
+
+
 async def monitor_event_loop(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: sample how late a 0.25 s timer fires, into the event-loop lag histogram."""
     histogram = app[keys.METRICS].event_loop_lag
@@ -110,7 +138,9 @@ async def serve(
 ) -> None:
     """Serve ``app`` until a stop signal, drain it, then clean up and return."""
     settings = app[keys.SETTINGS]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_SECONDS
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -129,6 +159,7 @@ async def serve(
         await stop.wait()
         log.info("stop signal received", extra={"event": "shutdown"})
         await drain(app)
+        await close_transports(app)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
