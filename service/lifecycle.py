@@ -12,6 +12,7 @@ import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 DRAIN_TICK_SECONDS = 0.1
 """The finest spacing between two disconnect batches."""
 CLOSE_GRACE_SECONDS = 1.0
-"""How long the last transports may take to flush their close packet after the drain."""
+"""How long closing the last transports may take after the drain."""
 HTTP_SHUTDOWN_SECONDS = 2.0
 """aiohttp's wait for in-flight requests (long-polls end with their close packet)."""
 
@@ -93,27 +94,32 @@ async def drain(app: web.Application) -> None:
     )
 
 
+async def _close_transport(sock: Any, reason: str) -> None:
+    await sock.close(wait=False, reason=reason)  # queues the Engine.IO close packet
+    await sock.queue.put(None)  # then the websocket writer closes the connection itself
+
+
 async def close_transports(app: web.Application, grace: float = CLOSE_GRACE_SECONDS) -> None:
-    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds for flushes.
+    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds.
 
     python-engineio's ``disconnect()`` waits until each socket's queue is drained, which for
-    a long-polling client that went away lasts until its ping timeout (45 s by default):
-    longer than a pod's grace period. Websockets flush at once; the rest are dropped.
+    a long-polling client that went away lasts until its ping timeout (45 s by default), and
+    leaves a websocket open until the client closes it: both longer than a pod's grace
+    period. Here the close packet is queued, the websocket is closed from our side, and a
+    long-poll that nobody collects is dropped.
     """
     eio = app[keys.SIO].eio
     sockets = list(eio.sockets.values())
     if sockets:
-        tasks = [
-            asyncio.create_task(sock.close(reason=eio.reason.SERVER_DISCONNECT)) for sock in sockets
-        ]
+        reason = eio.reason.SERVER_DISCONNECT
+        tasks = [asyncio.create_task(_close_transport(sock, reason)) for sock in sockets]
         _, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
-        if pending:
-            log.info(
-                "closed without flushing",
-                extra={"event": "drain_abandoned", "connections": len(pending)},
-            )
+        log.info(
+            "closed remaining transports",
+            extra={"event": "transports_closed", "connections": len(sockets)},
+        )
     eio.sockets = {}
 
 
