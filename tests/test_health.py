@@ -70,3 +70,28 @@ async def test_draining_is_not_ready_but_alive(server):
     assert status == 503 and body["reasons"] == ["draining"]
     assert await get(f"{server.url}/healthz") == (200, {"status": "ok"})
     assert (await connect_error(server.url, auth={"token": token()}))["code"] == "draining"
+
+
+async def test_redis_detail_and_readiness_follow_redis(own_redis):
+    async with running_server(redis_url=own_redis.url) as server:
+        assert await get(f"{server.url}/readyz") == (200, {"status": "ready"})
+        status, body = await get(f"{server.url}/health")
+        assert status == 200 and body["status"] == "ok"
+        redis = body["redis"]
+        assert redis["configured"] is True and redis["connected"] is True
+        assert isinstance(redis["latency"], int | float) and redis["latency"] >= 0
+
+        own_redis.kill()
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = await get(f"{server.url}/readyz")
+            # the listener may notice first (pubsub_disconnected), the ping monitor follows
+            if status == 503 and "redis_unreachable" in body["reasons"]:
+                break
+            assert time.monotonic() < deadline, "still ready without Redis"
+            await asyncio.sleep(0.1)
+        assert body["status"] == "not_ready"
+        assert await get(f"{server.url}/healthz") == (200, {"status": "ok"})
+        status, detail = await get(f"{server.url}/health")
+        assert status == 200 and detail["status"] == "degraded"
+        assert detail["redis"]["connected"] is False and detail["redis"]["latency"] is None

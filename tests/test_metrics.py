@@ -255,3 +255,57 @@ async def test_metrics_registry_is_per_app():
             assert (await scrape(two.url)).value("socketio_connected_clients") == 0
         finally:
             await sio.disconnect()
+
+
+# -- cluster mode (real Redis) ---------------------------------------------------------------
+
+
+async def test_remote_delivery_and_redis_metrics_move(redis_url, clients):
+    async with (
+        running_server(redis_url=redis_url, instance_id="a") as a,
+        running_server(redis_url=redis_url, instance_id="b") as b,
+    ):
+        alice = await connect(a.url, "alice")
+        bob = await connect(b.url, "bob")
+        carol = await connect(b.url, "carol")
+        clients += [alice, bob, carol]
+        for client in (alice, bob, carol):
+            assert (await client.call("join:room", "lobby"))["ok"]
+        before_a, before_b = await scrape(a.url), await scrape(b.url)
+        assert before_a.value("socketio_redis_up") == 1
+        assert before_b.value("socketio_redis_up") == 1
+        assert before_a.value("socketio_pubsub_deaf") == 0
+
+        assert (await alice.call("message:send", {"roomId": "lobby", "message": "hi"}))["ok"]
+        for client in (alice, bob, carol):
+            await client.wait_for("message:received")
+        got_a, got_b = await scrape(a.url), await scrape(b.url)
+
+        def delta(got: Scrape, before: Scrape, name: str, **labels: str) -> float:
+            return got.value(name, **labels) - before.value(name, **labels)
+
+        # the sender's instance delivered locally and published once
+        assert delta(got_a, before_a, "socketio_delivery_latency_seconds_count", scope="local") == 1
+        assert (
+            delta(got_a, before_a, "socketio_redis_command_duration_seconds_count", op="publish")
+            >= 1
+        )
+        # the other instance heard it through Redis: one remote observation for two sockets
+        assert (
+            delta(got_b, before_b, "socketio_delivery_latency_seconds_count", scope="remote") == 1
+        )
+        assert delta(got_b, before_b, "socketio_messages_sent_total", event="message:received") == 2
+        assert delta(got_a, before_a, "socketio_messages_sent_total", event="message:received") == 1
+        assert got_a.value("socketio_redis_command_duration_seconds_count", op="ping") >= 1
+        assert delta(got_a, before_a, "socketio_messages_stored_total") == 1
+
+
+async def test_redis_up_falls_when_redis_dies(own_redis, clients):
+    async with running_server(redis_url=own_redis.url) as server:
+        assert (await scrape(server.url)).value("socketio_redis_up") == 1
+        own_redis.kill()
+
+        async def down() -> bool:
+            return (await scrape(server.url)).value("socketio_redis_up") == 0
+
+        await eventually(down, timeout=10)
