@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -107,8 +108,11 @@ def _room_count(sio: socketio.AsyncServer) -> int:
 async def _socketio_shutdown(app: web.Application) -> None:
     """Close the remaining sockets and python-socketio's tasks before handlers are awaited."""
     sio = app[keys.SIO]
-    if sio.eio.sockets:
-        await sio.eio.disconnect()
+    # close(wait=False): a socket whose writer is gone would otherwise block on its queue
+    for socket in list(sio.eio.sockets.values()):
+        with contextlib.suppress(Exception):
+            await socket.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)
+    sio.eio.sockets.clear()
     await sio.shutdown()
 
 

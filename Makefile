@@ -1,0 +1,40 @@
+# Two commands for a fresh machine with Python 3.11+:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,k8s]'
+	touch $@
+
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+tests/k8s/grafana/node_modules/.package-lock.json: tests/k8s/grafana/package-lock.json
+	npm ci --prefix tests/k8s/grafana --no-audit --no-fund --loglevel=error
+
+NODE_DEPS := tests/js/node_modules/.package-lock.json tests/k8s/grafana/node_modules/.package-lock.json
+
+## run: the service on http://127.0.0.1:3000, embedded mode, with dev tokens printed
+run: $(STAMP) tests/js/node_modules/.package-lock.json
+	$(BIN)/socketio-service --dev
+
+## test: every suite (fast, slow, k8s); CI runs exactly this
+test: $(STAMP) $(NODE_DEPS)
+	$(BIN)/pytest
+
+## test-fast: the quick suite while you work (no slow, no k8s)
+test-fast: $(STAMP) tests/js/node_modules/.package-lock.json
+	$(BIN)/pytest -m "not slow and not k8s"
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules tests/k8s/grafana/node_modules
