@@ -1,0 +1,107 @@
+"""Settings: every variable parses, invalid values name the variable, defaults are safe."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import VARIABLES, ConfigError, Settings
+
+SECRET = {"JWT_SECRET": "s" * 32}
+
+
+def test_defaults_are_the_contract():
+    settings = Settings.from_env({**SECRET, "LOG_FORMAT": "json"})
+    assert settings.port == 3000
+    assert settings.history_size == 100
+    assert settings.rate_limit_events == 100 and settings.rate_limit_window_seconds == 60
+    assert settings.cors_allowed_origins == ()  # same origin only, never '*' by default
+    assert settings.algorithms == ("HS256",)
+    assert not settings.cluster and not settings.admin_ui and not settings.websocket_compression
+    assert settings.instance_id  # the hostname, i.e. the pod name
+
+
+def test_every_documented_variable_is_read():
+    for name in (
+        "HOST",
+        "PORT",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "JWT_PUBLIC_KEY",
+        "JWT_ALGORITHMS",
+        "JWT_AUDIENCE",
+        "JWT_ISSUER",
+        "CORS_ALLOWED_ORIGINS",
+        "RATE_LIMIT_EVENTS",
+        "RATE_LIMIT_WINDOW_SECONDS",
+        "HISTORY_SIZE",
+        "HISTORY_TTL_SECONDS",
+        "MAX_MESSAGE_BYTES",
+        "MAX_CONNECTIONS",
+        "PING_INTERVAL",
+        "PING_TIMEOUT",
+        "SHUTDOWN_DRAIN_SECONDS",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "INSTANCE_ID",
+    ):
+        assert name in VARIABLES
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("REDIS_URL", "http://x"),
+        ("RATE_LIMIT_EVENTS", "0"),
+        ("HISTORY_SIZE", "-1"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_FORMAT", "xml"),
+        ("JWT_ALGORITHMS", "none"),
+        ("CORS_ALLOWED_ORIGINS", "not a url"),
+        ("MAX_CONNECTIONS", "1.5"),
+        ("PING_INTERVAL", "-1"),
+        ("WEBSOCKET_COMPRESSION", "maybe"),
+        ("SHUTDOWN_DELAY_SECONDS", "30"),
+        ("JWT_PUBLIC_KEY", "/nonexistent.pem"),
+    ],
+)
+def test_invalid_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_env({**SECRET, name: value})
+    message = str(excinfo.value)
+    assert message.startswith(f"{name}: ") and "\n" not in message
+
+
+def test_values_parse():
+    settings = Settings.from_env(
+        {
+            **SECRET,
+            "PORT": "8080",
+            "LOG_LEVEL": "DEBUG",
+            "REDIS_URL": "rediss://:pw@redis:6380/1",
+            "CORS_ALLOWED_ORIGINS": "https://a.example, http://localhost:5173",
+            "RATE_LIMIT_WINDOW_SECONDS": "0.5",
+            "WEBSOCKET_COMPRESSION": "true",
+        }
+    )
+    assert settings.port == 8080 and settings.log_level == "debug" and settings.cluster
+    assert settings.cors_allowed_origins == ("https://a.example", "http://localhost:5173")
+    assert settings.rate_limit_window_seconds == 0.5 and settings.websocket_compression
+
+
+def test_a_secret_is_required_and_long_enough():
+    with pytest.raises(ConfigError, match=r"^JWT_SECRET: "):
+        Settings.from_env({})
+    with pytest.raises(ConfigError, match=r"^JWT_SECRET: "):
+        Settings.from_env({"JWT_SECRET": "short"})
+
+
+def test_admin_ui_needs_a_password():
+    with pytest.raises(ConfigError, match=r"^ADMIN_PASSWORD: "):
+        Settings.from_env({**SECRET, "ADMIN_UI": "true"})
+
+
+def test_secrets_stay_out_of_repr():
+    settings = Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "hunter2-pass"})
+    assert "s" * 32 not in repr(settings) and "hunter2" not in repr(settings)
