@@ -1,0 +1,1 @@
+"""Helpers that drive a real browser for the demo page tests."""
