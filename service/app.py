@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -20,7 +19,7 @@ from .config import Settings
 from .demo import setup_demo_routes
 from .fanout import LocalManager
 from .health import setup_health_routes
-from .lifecycle import monitor_event_loop
+from .lifecycle import close_transports, monitor_event_loop
 from .metrics import Metrics
 from .presence import RedisPresence
 from .stores import Stores, memory_stores, redis_stores
@@ -107,13 +106,8 @@ def _room_count(sio: socketio.AsyncServer) -> int:
 
 async def _socketio_shutdown(app: web.Application) -> None:
     """Close the remaining sockets and python-socketio's tasks before handlers are awaited."""
-    sio = app[keys.SIO]
-    # close(wait=False): a socket whose writer is gone would otherwise block on its queue
-    for socket in list(sio.eio.sockets.values()):
-        with contextlib.suppress(Exception):
-            await socket.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)
-    sio.eio.sockets.clear()
-    await sio.shutdown()
+    await close_transports(app)
+    await app[keys.SIO].shutdown()
 
 
 async def _run_cluster(app: web.Application) -> AsyncIterator[None]:

@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 
 Ack = dict[str, Any]
 
-DISCONNECT_REASONS = {
-    "client disconnect": "client_disconnect",
-    "server disconnect": "server_disconnect",
-    "ping timeout": "ping_timeout",
-    "transport close": "transport_close",
-    "transport error": "transport_error",
-}
-
 
 @dataclass
 class Session:
@@ -152,7 +144,7 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)
-        self.metrics.disconnections.labels(reason=DISCONNECT_REASONS.get(reason, "other")).inc()
+        self.metrics.disconnections.labels(reason=p.DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return
         for room_id in sorted(session.rooms):

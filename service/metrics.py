@@ -16,7 +16,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
-from .protocol import CLIENT_EVENTS, ERROR_CODES, SERVER_EVENTS
+from .protocol import CLIENT_EVENTS, DISCONNECT_REASONS, ERROR_CODES, SERVER_EVENTS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -131,6 +131,8 @@ class Metrics:
         for event in (*CLIENT_EVENTS, "unknown"):
             self.events_received.labels(event=event)
             self.event_duration.labels(event=event)
+        for reason in (*DISCONNECT_REASONS.values(), "other"):
+            self.disconnections.labels(reason=reason)
         for event in SERVER_EVENTS:
             self.messages_sent.labels(event=event)
         for code in ERROR_CODES:

@@ -59,6 +59,15 @@ ERROR_CODES = (
     "too_many_rooms",
 )
 
+# python-socketio's disconnect reasons -> bounded metric label values ("other" otherwise)
+DISCONNECT_REASONS = {
+    "client disconnect": "client_disconnect",
+    "server disconnect": "server_disconnect",
+    "ping timeout": "ping_timeout",
+    "transport close": "transport_close",
+    "transport error": "transport_error",
+}
+
 ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_USER_ID_CHARS = 256
 DEFAULT_HISTORY_LIMIT = 50

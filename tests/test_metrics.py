@@ -13,8 +13,8 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import __version__
-from service.chat import DISCONNECT_REASONS
 from service.lifecycle import begin_drain
+from service.protocol import DISCONNECT_REASONS
 
 from .helpers import connect, connect_error, running_server, token
 
