@@ -283,3 +283,34 @@ async def test_redis_restart_mid_traffic(own_redis, clients, tmp_path):
 async def bob_history(client) -> list[str]:
     ack = await client.call("history:get", {"roomId": "live", "limit": 100})
     return [m["id"] for m in ack["messages"]]
+
+
+async def test_a_deaf_instance_reports_itself_not_ready(redis_url, clients):
+    from .faultproxy import FaultProxy
+
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = await FaultProxy(port).start()
+    try:
+        async with running_server(redis_url=proxy.url, instance_id="deaf") as deaf:
+            started = time.monotonic()
+            while (await readyz(deaf.url))[0] != 200:
+                assert time.monotonic() - started < 5
+                await asyncio.sleep(0.05)
+            proxy.mute_subscribers()
+            muted = time.monotonic()
+            registry = deaf.app[keys.METRICS].registry
+            while registry.get_sample_value("socketio_pubsub_deaf") != 1:
+                assert time.monotonic() - muted < 10, "deafness never detected"
+                await asyncio.sleep(0.1)
+            detected = time.monotonic() - muted
+            status, body = await readyz(deaf.url)
+            assert status == 503 and {"pubsub_deaf", "pubsub_disconnected"} & set(body["reasons"])
+            print(f"\ndeaf instance detected after {detected:.1f}s")
+            proxy.restore()
+            while (await readyz(deaf.url))[0] != 200 or registry.get_sample_value(
+                "socketio_pubsub_deaf"
+            ):
+                assert time.monotonic() - muted < 20, "never recovered from deafness"
+                await asyncio.sleep(0.1)
+    finally:
+        await proxy.close()
