@@ -8,6 +8,7 @@ import contextlib
 import random
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,7 +34,14 @@ from service.client import (
 )
 from service.config import Settings
 
-from .helpers import free_port, make_settings, running_server, spawn_service, token
+from .helpers import (
+    free_port,
+    make_settings,
+    require_tool,
+    running_server,
+    spawn_service,
+    token,
+)
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -333,3 +341,90 @@ async def test_killed_and_drained_processes_fail_over(redis_url):
     finally:
         for proc in procs:
             proc.stop(signal.SIGKILL)
+
+
+HAPROXY_CFG = """
+global
+  maxconn 256
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 3600s
+  option redispatch
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  balance roundrobin
+  cookie SERVERID insert indirect nocache
+  option httpchk GET /healthz
+{servers}
+"""
+
+
+@contextlib.asynccontextmanager
+async def sticky_lb(tmp_path: Path, backends: list[str]) -> AsyncIterator[str]:
+    """HAProxy with cookie affinity in front of ``backends``, like the ingress."""
+    binary = require_tool("haproxy", "apt-get install -y --no-install-recommends haproxy")
+    port = free_port()
+    servers = "\n".join(
+        f"  server s{n} {url.removeprefix('http://')} check inter 200ms rise 1 fall 1 cookie s{n}"
+        for n, url in enumerate(backends)
+    )
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-f", str(cfg), "-db", stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{url}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        yield url
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_long_polling_through_a_sticky_lb_survives_losing_its_instance(redis_url, tmp_path):
+    """Polling needs every request on one instance: the client keeps the LB's cookie (also
+    for 127.0.0.1), and after its instance dies the LB sends it to the other one."""
+    async with (
+        running_server(redis_url=redis_url, instance_id="a") as a,
+        running_server(redis_url=redis_url, instance_id="b") as b,
+        sticky_lb(tmp_path, [a.url, b.url]) as lb,
+    ):
+        async with aiohttp.ClientSession() as strict_jar:  # drops cookies from IP addresses
+            cookieless = ChatClient(
+                lb, token("eve"), http_session=strict_jar, transports=["polling"], connect_timeout=1
+            )
+            with pytest.raises(ConnectFailed):  # negative control: "Invalid session"
+                await cookieless.connect()
+        alice = ChatClient(lb, token("alice"), transports=["polling"], backoff=Backoff(0.3, 1))
+        seen = Recorder(alice)
+        await alice.connect()
+        # the LB picked alice's instance; bob talks to the other one directly
+        doomed, survivor = (a, b) if a.app[keys.NAMESPACE].sessions else (b, a)
+        async with chat(survivor.url, "bob") as bob:
+            await alice.join("lb")
+            await bob.join("lb")
+            for n in range(5):  # many polling requests: all must reach the same instance
+                await bob.send("lb", f"before {n}")
+            await seen.until(lambda: len(seen.texts("lb")) == 5)
+            await doomed.runner.cleanup()
+            for n in range(3):
+                await bob.send("lb", f"after {n}")
+            await seen.until(lambda: len(seen.texts("lb")) == 8, timeout=15)
+            assert seen.texts("lb") == [f"before {n}" for n in range(5)] + [
+                f"after {n}" for n in range(3)
+            ]
+            assert alice.reconnects == 1
+            assert survivor.app[keys.NAMESPACE].sessions
+        await alice.close()
