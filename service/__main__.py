@@ -136,18 +136,21 @@ def run_token(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the tools own their flags: argparse's REMAINDER would not pass on a leading --flag
+    if argv[:1] == ["chat"]:
+        from .chatcli import main as chat_main
+
+        return chat_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     env = dict(os.environ)
     if args.command == "token":
         return run_token(args, env)
-    if args.command == "chat":
-        from .chatcli import main as chat_main
 
-        return chat_main(args.tool_args)
-    if args.command == "bench":
-        from .bench import main as bench_main
-
-        return bench_main(args.tool_args)
     try:
         settings = settings_from(args, env)
     except ConfigError as exc:

@@ -155,6 +155,7 @@ class Settings:
     admin_ui: bool = False
     admin_username: str = "admin"
     admin_password: str = field(default="", repr=False)
+    demo_client_js_dir: str = ""
     dev: bool = False
 
     @property
@@ -257,5 +258,6 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ADMIN_UI": ("admin_ui", _bool),
     "ADMIN_USERNAME": ("admin_username", str.strip),
     "ADMIN_PASSWORD": ("admin_password", str.strip),
+    "DEMO_CLIENT_JS_DIR": ("demo_client_js_dir", str.strip),
 }
 """Environment variable -> (Settings attribute, parser)."""

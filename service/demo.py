@@ -12,7 +12,6 @@ tooling. It exists only here, and this module's routes exist only in dev mode.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -35,13 +34,12 @@ DEV_TOKEN_TTL_SECONDS = 3600
 DEV_USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def find_client_js(env: dict[str, str] | None = None) -> Path | None:
+def find_client_js(directory: str = "") -> Path | None:
     """Where the socket.io client bundle is: ``$DEMO_CLIENT_JS_DIR``, else the repository's
     ``tests/js/node_modules`` (a source checkout), else nowhere."""
-    env = dict(os.environ) if env is None else env
     candidates: list[Path] = []
-    if env.get(CLIENT_JS_ENV):
-        base = Path(env[CLIENT_JS_ENV])
+    if directory:
+        base = Path(directory)
         candidates += [base / CLIENT_JS, base / CLIENT_JS.name]
     candidates.append(
         Path(__file__).resolve().parent.parent / "tests" / "js" / "node_modules" / CLIENT_JS
@@ -54,7 +52,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def client_js(request: web.Request) -> web.StreamResponse:
-    path = find_client_js()
+    path = find_client_js(request.app[keys.SETTINGS].demo_client_js_dir)
     if path is None:
         return web.Response(status=404, text=f"// {INSTALL_HINT}\n", content_type="text/javascript")
     return web.FileResponse(path, headers={"Content-Type": "text/javascript"})
@@ -88,7 +86,7 @@ async def dev_token(request: web.Request) -> web.Response:
 
 def setup_demo_routes(app: web.Application) -> None:
     """Register the page, its assets, the JS client and the dev token route."""
-    if find_client_js() is None:
+    if find_client_js(app[keys.SETTINGS].demo_client_js_dir) is None:
         log.warning("demo page: %s", INSTALL_HINT)
     app.router.add_get("/", index)
     app.router.add_get("/demo/socket.io.min.js", client_js)
