@@ -1,8 +1,11 @@
 """Local fan-out: hand one encoded packet to every local socket of a room.
 
-python-socketio's ``AsyncManager.emit`` creates one asyncio task per recipient; an
-Engine.IO ``send`` only appends to that socket's queue, so we await it in a plain loop and
-count recipients once per broadcast (no per-recipient metric call).
+python-socketio's ``AsyncManager.emit`` creates one asyncio task per recipient; here a
+broadcast encodes its packet once and, for text packets, builds the websocket frame once:
+it is written straight to each websocket receiver's transport when nothing else is queued
+for that socket (:func:`service.transport.direct_transport`), else appended to the socket's
+Engine.IO queue (long-polling, a busy writer, binary packets). Recipients are counted once
+per broadcast (no per-recipient metric call).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from socketio import packet
 
 from .metrics import Metrics
 from .protocol import MESSAGE_RECEIVED, PRIVATE_RECEIVED
+from .transport import direct_transport, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +55,25 @@ class FanoutMixin:
             eio_packet.Packet(eio_packet.MESSAGE, p)
             for p in (encoded if isinstance(encoded, list) else [encoded])
         ]
+        # text packets (no binary attachments): one websocket frame for every receiver
+        wire = text_frame(("4" + encoded).encode()) if isinstance(encoded, str) else None
         eio = self.server.eio
+        sockets = eio.sockets
         sent = 0
         for sid, eio_sid in self.get_participants(namespace, room):  # type: ignore[attr-defined]
             if sid in skip:
                 continue
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed:
+                continue
+            transport = direct_transport(socket) if wire is not None else None
+            if transport is not None:
+                transport.write(wire)
+                sent += 1
+                continue
             for frame in frames:
                 try:
-                    await eio.send_packet(eio_sid, frame)
+                    await socket.send(frame)
                 except Exception:  # a socket closing mid-broadcast must not stop the rest
                     log.debug("send to a closing socket failed", exc_info=True)
             sent += 1
