@@ -169,11 +169,17 @@ class ChatNamespace(socketio.AsyncNamespace):
             await self.stores.presence.add(room_id, session.user_id, sid)
         history = self.stores.history
         limit = min(p.DEFAULT_HISTORY_LIMIT, self.settings.history_size)
-        result: Ack = {"roomId": room_id, "history": await history.recent(room_id, limit)}
-        if request.since is not None:
-            recovery = await history.since(room_id, request.since)
-            result["missed"] = recovery.messages
-            result["recovered"] = recovery.complete
+        result: Ack = {"roomId": room_id, "history": []}
+        try:
+            result["history"] = await history.recent(room_id, limit)
+            if request.since is not None:
+                recovery = await history.since(room_id, request.since)
+                result["missed"] = recovery.messages
+                result["recovered"] = recovery.complete
+        except HistoryUnavailable:
+            # joined all the same; the client keeps its `since` and can ask again later
+            if request.since is not None:
+                result.update(missed=[], recovered=False)
         await self.emit(p.JOINED_ROOM, room_id, to=sid)
         if new:
             await self.emit(
@@ -269,7 +275,10 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def get_history(self, sid: str, session: Session, payload: Any) -> Ack:
         query = p.history_query(payload, max(1, self.settings.history_size))
-        messages = await self.stores.history.recent(query.room_id, query.limit, query.before)
+        try:
+            messages = await self.stores.history.recent(query.room_id, query.limit, query.before)
+        except HistoryUnavailable:
+            raise p.EventError("internal", "history is temporarily unavailable") from None
         return {"roomId": query.room_id, "messages": messages}
 
     async def get_presence(self, sid: str, session: Session, payload: Any) -> Ack:

@@ -110,8 +110,8 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
     async def wait_subscribed(self, room: str, wait_seconds: float = 1.0) -> bool:
         """Wait until Redis confirmed the subscription for a room this instance just joined."""
         event = self._confirmed.get(room)
-        if event is None:
-            return False
+        if event is None or not self.listening:
+            return False  # the listener subscribes to it when Redis is back
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), wait_seconds)
         return event.is_set()

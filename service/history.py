@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from redis.exceptions import RedisError
 
 Message = dict[str, Any]
 
@@ -152,21 +156,18 @@ class RedisHistory:
 
     async def append(self, room_id: str, message: Message) -> Message:
         stream, dropped = self._keys(room_id)
-        try:
-            with self._metrics.redis_op("history_append"):
-                raw_id = await self._append(
-                    keys=[stream, dropped],
-                    args=[json.dumps(message, separators=(",", ":")), self._size, self._ttl],
-                )
-        except Exception as exc:
-            raise HistoryUnavailable(str(exc)) from exc
+        with self._metrics.redis_op("history_append"), _unavailable_on_error():
+            raw_id = await self._append(
+                keys=[stream, dropped],
+                args=[json.dumps(message, separators=(",", ":")), self._size, self._ttl],
+            )
         return {"id": _text(raw_id), **message}
 
     async def recent(self, room_id: str, limit: int, before: str | None = None) -> list[Message]:
         if limit <= 0:
             return []
         stream, _ = self._keys(room_id)
-        with self._metrics.redis_op("history_read"):
+        with self._metrics.redis_op("history_read"), _unavailable_on_error():
             entries = await self._redis.xrevrange(
                 stream, max=f"({before}" if before else "+", min="-", count=limit
             )
@@ -175,7 +176,7 @@ class RedisHistory:
     async def since(self, room_id: str, last_id: str) -> Recovery:
         after = parse_id(last_id)
         stream, dropped = self._keys(room_id)
-        with self._metrics.redis_op("history_read"):
+        with self._metrics.redis_op("history_read"), _unavailable_on_error():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xrange(stream, min=f"({last_id}", max="+", count=max(self._size, 1))
                 pipe.get(dropped)
@@ -185,6 +186,15 @@ class RedisHistory:
             return Recovery([], complete=after == (0, 0))
         dropped_up_to = parse_id(_text(dropped_id)) if dropped_id else (0, 0)
         return Recovery([_decode(e) for e in entries], complete=after >= dropped_up_to)
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Redis failures (refused, timed out, out of memory) become ``HistoryUnavailable``."""
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise HistoryUnavailable(str(exc)) from exc
 
 
 def _text(value: bytes | str) -> str:

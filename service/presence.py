@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 
 class PresenceStore(Protocol):
@@ -65,17 +70,27 @@ class RedisPresence:
 
     async def add(self, room_id: str, user_id: str, sid: str) -> None:
         await self._local.add(room_id, user_id, sid)
-        await self._write({room_id: {user_id: {sid}}})
+        try:
+            await self._write({room_id: {user_id: {sid}}})
+        except (RedisError, OSError, TimeoutError):
+            log.info("presence write deferred to the next refresh", extra={"event": "presence"})
 
     async def remove(self, room_id: str, user_id: str, sid: str) -> None:
         await self._local.remove(room_id, user_id, sid)
-        with self._metrics.redis_op("presence_write"):
-            await self._redis.zrem(self._key(room_id), f"{sid}:{user_id}")
+        try:
+            with self._metrics.redis_op("presence_write"):
+                await self._redis.zrem(self._key(room_id), f"{sid}:{user_id}")
+        except (RedisError, OSError, TimeoutError):
+            log.info("presence entry left to expire", extra={"event": "presence"})
 
     async def users(self, room_id: str) -> list[str]:
+        """Everyone in the room; while Redis is down, this instance's members only."""
         key = self._key(room_id)
-        with self._metrics.redis_op("presence_read"):
-            members = await self._redis.zrangebyscore(key, time.time(), "+inf")
+        try:
+            with self._metrics.redis_op("presence_read"):
+                members = await self._redis.zrangebyscore(key, time.time(), "+inf")
+        except (RedisError, OSError, TimeoutError):
+            return await self._local.users(room_id)
         return sorted({_text(m).split(":", 1)[1] for m in members})
 
     async def refresh(self) -> None:

@@ -253,6 +253,11 @@ async def test_redis_restart_mid_traffic(own_redis, clients, tmp_path):
             assert during["ok"] is True and during["stored"] is False
             got = await local.wait_for("message:received", lambda m: m["message"] == "outage")
             assert got["id"] == during["id"]
+            # joining, presence and the rate limit keep working on local state
+            joined = await local.call("join:room", {"roomId": "side", "since": stored_before})
+            assert joined["ok"] and joined["recovered"] is False
+            assert (await local.call("presence:get", "live"))["users"] == ["alice", "carol"]
+            assert (await local.call("history:get", "live"))["error"]["code"] == "internal"
 
             await asyncio.sleep(3)  # a long-ish outage
             durable.start()
