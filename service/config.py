@@ -7,13 +7,14 @@ one parser validates both and an invalid value stops start-up with one line nami
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -21,38 +22,46 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+)
+"""Default TRUSTED_PROXIES: in-cluster ingress controllers and load balancers."""
 
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the variable."""
 
 
-def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+Num = TypeVar("Num", int, float)
+
+
+def _number(
+    cast: Callable[[str], Num], kind: str, lo: Num, hi: Num | None = None
+) -> Callable[[str], Num]:
+    def parse(raw: str) -> Num:
         try:
-            value = int(raw.strip())
+            value = cast(raw.strip())
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
+            raise ValueError(f"expected {kind}, got {raw!r}") from None
         if value < lo or (hi is not None and value > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise ValueError(f"expected an integer {bound}, got {value}")
+            raise ValueError(f"expected {kind} {bound}, got {value}")
         return value
 
     return parse
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    return _number(int, "an integer", lo, hi)
 
 
 def _float(lo: float, hi: float | None = None) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise ValueError(f"expected a number {bound}, got {value}")
-        return value
-
-    return parse
+    return _number(float, "a number", lo, hi)
 
 
 def _bool(raw: str) -> bool:
@@ -100,6 +109,16 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = _list(raw)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP networks like 10.0.0.0/8: {network!r}") from None
+    return networks
+
+
 def _algorithms(raw: str) -> tuple[str, ...]:
     algorithms = tuple(a.upper() if a.lower() != "eddsa" else "EdDSA" for a in _list(raw))
     unknown = [a for a in algorithms if a not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
@@ -140,6 +159,11 @@ class Settings:
     max_message_bytes: int = 4096
     max_connections: int = 10_000
     max_rooms_per_socket: int = 100
+    handshake_rate_per_address: float = 20.0
+    handshake_burst_per_address: int = 60
+    trusted_proxies: tuple[str, ...] = PRIVATE_NETWORKS
+    send_buffer_bytes: int = 1024 * 1024
+    connect_timeout_seconds: float = 10.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_delay_seconds: float = 3.0
@@ -243,6 +267,11 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_MESSAGE_BYTES": ("max_message_bytes", _int(1, 16 * 1024 * 1024)),
     "MAX_CONNECTIONS": ("max_connections", _int(1)),
     "MAX_ROOMS_PER_SOCKET": ("max_rooms_per_socket", _int(1)),
+    "HANDSHAKE_RATE_PER_ADDRESS": ("handshake_rate_per_address", _float(0)),
+    "HANDSHAKE_BURST_PER_ADDRESS": ("handshake_burst_per_address", _int(1)),
+    "TRUSTED_PROXIES": ("trusted_proxies", _networks),
+    "SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(4096)),
+    "CONNECT_TIMEOUT_SECONDS": ("connect_timeout_seconds", _float(0.1, 3600)),
     "PING_INTERVAL": ("ping_interval", _float(0.1)),
     "PING_TIMEOUT": ("ping_timeout", _float(0.1)),
     "SHUTDOWN_DELAY_SECONDS": ("shutdown_delay_seconds", _float(0, 5)),
