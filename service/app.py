@@ -18,6 +18,7 @@ from .cluster import RedisManager, RedisMonitor
 from .config import Settings
 from .demo import setup_demo_routes
 from .fanout import LocalManager
+from .guard import install_guard
 from .health import setup_health_routes
 from .lifecycle import close_transports, monitor_event_loop
 from .metrics import Metrics
@@ -73,6 +74,7 @@ def create_app(
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
     sio.attach(app)
+    install_guard(app, sio, settings, metrics.registry)
 
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
