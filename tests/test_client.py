@@ -8,7 +8,6 @@ import contextlib
 import random
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,10 +33,10 @@ from service.client import (
 )
 from service.config import Settings
 
+from .e2e.lb import sticky_lb
 from .helpers import (
     free_port,
     make_settings,
-    require_tool,
     running_server,
     spawn_service,
     token,
@@ -341,56 +340,6 @@ async def test_killed_and_drained_processes_fail_over(redis_url):
     finally:
         for proc in procs:
             proc.stop(signal.SIGKILL)
-
-
-HAPROXY_CFG = """
-global
-  maxconn 256
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  timeout tunnel 3600s
-  option redispatch
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  balance roundrobin
-  cookie SERVERID insert indirect nocache
-  option httpchk GET /healthz
-{servers}
-"""
-
-
-@contextlib.asynccontextmanager
-async def sticky_lb(tmp_path: Path, backends: list[str]) -> AsyncIterator[str]:
-    """HAProxy with cookie affinity in front of ``backends``, like the ingress."""
-    binary = require_tool("haproxy", "apt-get install -y --no-install-recommends haproxy")
-    port = free_port()
-    servers = "\n".join(
-        f"  server s{n} {url.removeprefix('http://')} check inter 200ms rise 1 fall 1 cookie s{n}"
-        for n, url in enumerate(backends)
-    )
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
-    proc = await asyncio.create_subprocess_exec(
-        binary, "-f", str(cfg), "-db", stdout=asyncio.subprocess.DEVNULL
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-        yield url
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 async def test_long_polling_through_a_sticky_lb_survives_losing_its_instance(redis_url, tmp_path):

@@ -1,0 +1,1 @@
+"""End-to-end topology: a sticky HAProxy, three service processes, Redis and Prometheus."""
