@@ -81,6 +81,10 @@ class ChatNamespace(socketio.AsyncNamespace):
     # -- dispatch ---------------------------------------------------------------------------
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
+        # python-socketio runs connect/disconnect while the sid is pending: a connected sid
+        # sending an event named like them is a client event (unknown_event), not a lifecycle
+        if event in ("connect", "disconnect") and self._fully_connected(args[0]):
+            return await self.handle_client_event(event, args[0], args[1:])
         if event == "connect":
             sid, environ, auth = (*args, None)[:3]
             return await self.on_connect(sid, environ, auth)
@@ -115,6 +119,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             return p.EventError("internal", "internal error").ack()
         finally:
             self.metrics.event_duration.labels(event=label).observe(time.perf_counter() - started)
+
+    def _fully_connected(self, sid: str) -> bool:
+        return bool(self.server.manager.is_connected(sid, self.namespace))
 
     # -- connection -------------------------------------------------------------------------
 
