@@ -69,6 +69,7 @@ start_ours() { # PORT [REDIS_URL]: sets $STARTED
   # shellcheck disable=SC2086
   start "$OUT/ours-$1.log" env $OURS_ENV JWT_SECRET="$SECRET" HOST=127.0.0.1 \
     PORT="$1" REDIS_URL="${2:-}" RATE_LIMIT_EVENTS=1000000000 MAX_CONNECTIONS=100000 \
+    HANDSHAKE_RATE_PER_ADDRESS=1000000 HANDSHAKE_BURST_PER_ADDRESS=1000000 \
     LOG_LEVEL=warning LOG_FORMAT=text INSTANCE_ID="bench-$1" \
     taskset -c "$SERVER_CPU" "$PYTHON" -m service
   wait_port "$1"

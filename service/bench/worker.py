@@ -384,7 +384,7 @@ class Worker:
             sent[sender.room] += sender.sent
         return {
             "by_room": self.sink.by_room(),
-            "expected": self.plan.expected,
+            "expected": self.sink.expected,
             "sent_by_room": dict(sent),
             "latency_ms": self.latency.values,
             "latency_max": self.latency.maximum,

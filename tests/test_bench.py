@@ -1,0 +1,180 @@
+"""The load tool's arithmetic and its counts against a real in-process server (small runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from service.bench.cli import build_parser, parse_targets
+from service.bench.report import median_result, table
+from service.bench.runner import BenchConfig, Target, _window, run_target
+from service.bench.stats import Reservoir, percentile, summarize
+from service.bench.wire import Sink, message_text, refusal_code
+from service.transport import text_frame
+
+from .helpers import SECRET, running_server
+
+
+def frame_for(room: int, sender: int, seq: int) -> bytes:
+    text, _ = message_text(room, sender, seq, 90)
+    payload = {"id": "1-0", "roomId": "r", "userId": "u", "message": text, "timestamp": 1}
+    return b"42" + json.dumps(["message:received", payload]).encode()
+
+
+def test_percentiles_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7
+    assert math.isnan(percentile([], 50))
+    out = summarize(reversed(values))
+    assert (out["count"], out["p50"], out["p95"], out["max"]) == (100, 50, 95, 100)
+
+
+def test_reservoir_is_bounded_and_keeps_the_maximum() -> None:
+    reservoir = Reservoir(capacity=10)
+    for v in range(1000):
+        reservoir.add(float(v))
+    assert len(reservoir.values) == 10
+    assert reservoir.seen == 1000
+    assert reservoir.maximum == 999
+
+
+def test_sink_counts_completions_duplicates_and_ignores_other_frames() -> None:
+    recorded: list[float] = []
+    sink = Sink({0: 3, 1: 2}, recorded.append)
+    done: list[bytes] = []
+    sink.on_complete = done.append
+    sink.recording = True
+    a, b = frame_for(0, 0, 1), frame_for(1, 1, 1)
+    for data, timed in ((a, True), (a, False), (a, False), (b, False), (a, False)):
+        sink.frame(data, timed)
+    sink.frame(b'42["user:joined",{"userId":"x"}]', False)
+    assert sink.delivered == 5
+    assert sink.other == 1
+    assert done == [a[a.index(b"~b") + 2 : a.index(b"~", a.index(b"~b") + 2)]]
+    assert sink.by_room() == {0: (4, 1), 1: (1, 0)}
+    assert len(recorded) == 1 and recorded[0] >= 0
+    sink.frame(b'42["message:received","~b0:0:2:0~"]', True)
+    assert sink.errors["malformed_frame"] == 1
+
+
+def test_window_reports_lost_deliveries() -> None:
+    edge0 = [{"time": 0.0, "delivered": 0, "sent": 0, "cpu": 0.0}]
+    edge1 = [{"time": 2.0, "delivered": 10, "sent": 4, "cpu": 1.0}]
+    results = [
+        {
+            "by_room": {0: (10, 0)},
+            "expected": {0: 3},
+            "sent_by_room": {0: 4},
+            "latency_ms": [1.0, 2.0],
+            "latency_max": 2.0,
+            "latency_seen": 2,
+            "complete_ms": [],
+            "complete_max": 0.0,
+            "errors": {},
+            "timeouts": 0,
+            "disconnects": {},
+            "max_lag_ms": 0.0,
+        }
+    ]
+    result: dict = {}
+    _window(result, edge0, edge1, {}, {}, results)
+    assert result["deliveries_per_s"] == 5
+    assert result["deliveries_expected"] == 12
+    assert result["lost"] == 2
+    assert result["load_cpu"] == 0.5
+
+
+def test_refusal_code_and_text_frame() -> None:
+    assert refusal_code(b'44{"message":"no","data":{"code":"unauthorized"}}') == "unauthorized"
+    assert refusal_code(b"44garbage") == "refused"
+    assert text_frame(b"x" * 5)[:2] == b"\x81\x05"
+    assert text_frame(b"x" * 300)[:4] == b"\x81\x7e\x01\x2c"
+    assert text_frame(b"x" * 70000)[:2] == b"\x81\x7f"
+
+
+def test_cli_targets_pids_and_side_by_side_table() -> None:
+    args = build_parser().parse_args(
+        [
+            *("--target", "ours=http://a:1,http://b:2", "--target", "anchor=http://c:3"),
+            *("--pid", "ours=10,11", "--pid", "anchor=12"),
+        ]
+    )
+    targets = parse_targets(args)
+    assert [(t.name, t.urls, t.pids) for t in targets] == [
+        ("ours", ["http://a:1", "http://b:2"], [10, 11]),
+        ("anchor", ["http://c:3"], [12]),
+    ]
+    runs = [
+        {"target": "ours", "deliveries_per_s": 100.0, "receivers": 5},
+        {"target": "ours", "deliveries_per_s": 300.0, "receivers": 5},
+    ]
+    ours = median_result(runs)
+    assert ours["deliveries_per_s"] == 200
+    text = table([ours, {"target": "anchor", "deliveries_per_s": 400.0, "receivers": 5}])
+    assert "anchor/ours" in text and "2.00x" in text
+
+
+def config(**overrides: object) -> BenchConfig:
+    base: dict = {
+        "receivers": 6,
+        "rooms": 2,
+        "warmup": 0.3,
+        "duration": 1.0,
+        "hold": 0.0,
+        "jwt_secret": SECRET,
+        "sample_every": 2,
+        "progress": False,
+        "connect_concurrency": 8,
+        "fast_loop": False,
+    }
+    base.update(overrides)
+    return BenchConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("polling", [0.0, 0.5])
+async def test_counts_against_a_real_server(polling: float) -> None:
+    async with running_server(rate_limit_events=1_000_000) as server:
+        result = await run_target(
+            config(polling_fraction=polling), Target("ours", [server.url]), log=lambda _: None
+        )
+    assert result["receivers"] == 6
+    assert result["joined"] == 6
+    assert result["errors"] == {}
+    assert result["messages_sent"] > 0
+    # every message reaches the 3 receivers of its room, none lost, none twice
+    assert result["deliveries_expected"] == result["messages_sent"] * 3
+    assert result["lost"] == 0
+    assert result["duplicates"] == 0
+    assert result["deliveries_per_s"] > 0
+    latency = result["latency_ms"]
+    assert latency["count"] > 0
+    assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+
+
+async def test_open_loop_rate_and_ack_errors_are_counted() -> None:
+    # a rate limit of 5 events: joins pass, most sends are refused with rate_limited acks
+    async with running_server(rate_limit_events=5) as server:
+        result = await run_target(
+            config(receivers=2, rooms=1, rate=50.0, duration=1.0),
+            Target("ours", [server.url]),
+            log=lambda _: None,
+        )
+    assert result["errors"].get("send_rate_limited", 0) > 0
+    assert 30 <= result["messages_per_s"] <= 70
+
+
+async def test_refused_handshakes_are_reported() -> None:
+    async with running_server() as server:
+        result = await run_target(
+            config(jwt_secret="", token="not-a-jwt", rooms=0, duration=0),
+            Target("ours", [server.url]),
+            log=lambda _: None,
+        )
+    assert result["receivers"] == 0
+    assert result["errors"] == {"connect_unauthorized": 6}
+    assert any("connected" in w for w in result["warnings"])
