@@ -1,0 +1,41 @@
+"""Fixtures of the end-to-end suite: one topology per session, healed before every test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from ..helpers import ROOT, require_tool
+from .topology import Topology
+
+JS_DIR = ROOT / "tests" / "js"
+
+
+@pytest.fixture(scope="session")
+def topology_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    require_tool("haproxy", "apt-get install -y --no-install-recommends haproxy")
+    require_tool("prometheus", "apt-get install -y --no-install-recommends prometheus")
+    topology = Topology.start(tmp_path_factory.mktemp("topology"))
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def topology(topology_session: Topology) -> Topology:
+    """The running topology, repaired first if an earlier test left it broken."""
+    topology_session.heal()
+    return topology_session
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` binary, with the official socket.io-client installed in tests/js."""
+    binary = require_tool("node", "install Node.js 18+")
+    if not (JS_DIR / "node_modules" / "socket.io-client").is_dir():
+        message = "run: npm ci --prefix tests/js"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
