@@ -1,0 +1,370 @@
+"""Floods: handshake storms, MAX_CONNECTIONS, event floods across instances, a consumer that
+never reads its socket, and many rooms per user. Figures are printed, never asserted as
+timings (bounds here are functional and generous)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service import keys
+from service.guard import SESSION_SLACK
+
+from .helpers import connect, connect_error, running_server, token
+from .rawclient import Closed, open_raw
+from .test_cluster import cluster
+
+
+def write_report(name: str, data: dict[str, Any]) -> None:
+    """Figures for docs/reliability.md, when RELIABILITY_REPORT_DIR is set."""
+    directory = os.environ.get("RELIABILITY_REPORT_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, f"{name}.json"), "w") as out:
+            json.dump(data, out, indent=1)
+
+
+def sample(app: Any, name: str, **labels: str) -> float:
+    return app[keys.METRICS].registry.get_sample_value(name, labels) or 0.0
+
+
+async def handshake(http: aiohttp.ClientSession, url: str, xff: str | None = None) -> int:
+    headers = {"X-Forwarded-For": xff} if xff else {}
+    async with http.get(f"{url}/socket.io/?EIO=4&transport=polling", headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+# -- handshake storms --------------------------------------------------------------------------
+
+
+async def test_handshake_storm_is_bounded_per_address() -> None:
+    async with running_server(handshake_rate_per_address=5, handshake_burst_per_address=10) as srv:
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            statuses = Counter(
+                await asyncio.gather(*(handshake(http, srv.url) for _ in range(200)))
+            )
+            storm_seconds = time.monotonic() - started
+            assert statuses[200] <= 10 + 5 * storm_seconds + 1, statuses
+            assert statuses[429] >= 200 - statuses[200]
+            async with http.get(f"{srv.url}/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 429
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert (await resp.json())["code"] == "rate_limited"
+            # other addresses (behind a trusted proxy: loopback) have their own buckets
+            others = await asyncio.gather(
+                *(handshake(http, srv.url, f"203.0.113.{n}") for n in range(20))
+            )
+            assert set(others) == {200}
+            # a spoofed hop left of the proxy's own entry does not escape the limit
+            spoofed = Counter(
+                await asyncio.gather(
+                    *(handshake(http, srv.url, f"10.9.9.{n}, 198.51.100.7") for n in range(30))
+                )
+            )
+            assert spoofed[200] <= 11, spoofed
+            # the bucket refills: one handshake a fifth of a second
+            await asyncio.sleep(0.5)
+            assert await handshake(http, srv.url) == 200
+            # other endpoints are never limited
+            async with http.get(f"{srv.url}/healthz") as resp:
+                assert resp.status == 200
+        refused = sample(srv.app, "socketio_handshakes_refused_total", reason="rate_limited")
+    assert refused >= statuses[429]
+    report = {
+        "attempts": 200,
+        "seconds": round(storm_seconds, 3),
+        "accepted": statuses[200],
+        "refused_429": statuses[429],
+        "rate_per_address": 5,
+        "burst_per_address": 10,
+    }
+    print("\nhandshake storm:", report)
+    write_report("handshake-storm", report)
+
+
+@pytest.mark.slow
+async def test_overloaded_at_max_connections_and_engineio_session_cap(clients) -> None:
+    async with running_server(
+        max_connections=5, handshake_rate_per_address=0, connect_timeout_seconds=1
+    ) as srv:
+        for n in range(5):
+            clients.append(await connect(srv.url, f"user{n}"))
+        refused = await connect_error(srv.url, auth={"token": token("late")})
+        assert refused["code"] == "overloaded"
+        # Engine.IO sessions that never connect a namespace are capped too...
+        async with aiohttp.ClientSession() as http:
+            cap = 5 + SESSION_SLACK
+            statuses = Counter()
+            for _ in range(cap + 20):
+                statuses[await handshake(http, srv.url)] += 1
+            assert statuses[503] >= 19, statuses
+            async with http.get(f"{srv.url}/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 503 and (await resp.json())["code"] == "overloaded"
+            # ...and closed after CONNECT_TIMEOUT_SECONDS, so the cap frees itself
+            deadline = time.monotonic() + 10
+            while await handshake(http, srv.url) != 200:
+                assert time.monotonic() < deadline, "idle Engine.IO sessions never expired"
+                await asyncio.sleep(0.2)
+            freed_after = time.monotonic() - (deadline - 10)
+        evicted = sample(srv.app, "socketio_clients_evicted_total", reason="connect_timeout")
+        assert evicted >= 100
+        # the connected clients were not touched
+        assert (await clients[0].call("presence:get", "r"))["ok"]
+    print(f"\nsession cap: {dict(statuses)}; idle sessions freed within {freed_after:.1f}s")
+
+
+# -- event floods ------------------------------------------------------------------------------
+
+
+async def test_event_flood_is_limited_cluster_wide_and_others_unaffected(redis_url, clients):
+    events, window = 40, 60.0
+    async with cluster(redis_url, rate_limit_events=events, rate_limit_window_seconds=window) as (
+        a,
+        b,
+    ):
+        floods = [await connect(a.url, "flooder"), await connect(b.url, "flooder")]
+        bystander = await connect(a.url, "bystander")
+        clients += [*floods, bystander]
+        started = time.monotonic()
+
+        async def flood(client: Any) -> Counter[str]:
+            counts: Counter[str] = Counter()
+            acks = await asyncio.gather(
+                *(client.call("presence:get", "r", timeout=20) for _ in range(300))
+            )
+            for ack in acks:
+                counts["ok" if ack["ok"] else ack["error"]["code"]] += 1
+            return counts
+
+        latencies: list[float] = []
+
+        async def bystander_calls() -> None:
+            for _ in range(10):
+                t0 = time.perf_counter()
+                assert (await bystander.call("presence:get", "r"))["ok"]
+                latencies.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.05)
+
+        results = await asyncio.gather(*(flood(c) for c in floods), bystander_calls())
+        elapsed = time.monotonic() - started
+        total = results[0] + results[1]
+        allowed = events - 2 + elapsed * events / window + 1  # handshakes took 2 tokens
+        assert total["ok"] <= allowed, (total, allowed)
+        assert total["ok"] >= events - 2 - 1
+        assert total["rate_limited"] == 600 - total["ok"]
+    report = {
+        "events_sent": 600,
+        "instances": 2,
+        "accepted": total["ok"],
+        "rate_limited": total["rate_limited"],
+        "capacity": events,
+        "seconds": round(elapsed, 2),
+        "bystander_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "bystander_max_ms": round(max(latencies) * 1000, 2),
+    }
+    print("\nevent flood:", report)
+    write_report("event-flood", report)
+
+
+# -- a consumer that never reads -----------------------------------------------------------------
+
+
+async def stalled_websocket(url: str, user: str, room: str) -> asyncio.StreamWriter:
+    """A websocket client that connects, joins ``room`` and then never reads again, with a
+    small receive buffer: the server sees a peer whose TCP window stays shut."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+
+    async def read_frame() -> str:
+        head = await reader.readexactly(2)
+        n = head[1] & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        return (await reader.readexactly(n)).decode()
+
+    def send(text: str) -> None:
+        payload = text.encode()
+        n = len(payload)
+        head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
+        writer.write(head + b"\0\0\0\0" + payload)  # masked with a zero key
+
+    assert (await read_frame()).startswith("0")
+    send("40" + json.dumps({"token": token(user)}))
+    assert (await read_frame()).startswith("40")
+    send(f'421["join:room","{room}"]')
+    while not (await read_frame()).startswith("431"):
+        pass
+    return writer  # from here on nobody reads
+
+
+def count_and_clear(client: Any, text: str) -> int:
+    """How many ``text`` messages ``client`` got; then forget them (wait_for scans the list)."""
+    got = client.events["message:received"]
+    count = sum(1 for m in got if m["message"] == text)
+    got.clear()
+    return count
+
+
+@pytest.mark.slow
+async def test_slow_consumer_is_disconnected_and_others_keep_their_latency(clients) -> None:
+    buffer = 256 * 1024
+    async with running_server(
+        rate_limit_events=10**9,
+        send_buffer_bytes=buffer,
+        handshake_rate_per_address=0,
+        ping_interval=25,  # the overflow, not the ping timeout, must catch it
+        ping_timeout=20,
+    ) as srv:
+        sender = await connect(srv.url, "sender")
+        healthy = await connect(srv.url, "healthy")
+        clients += [sender, healthy]
+        for client in (sender, healthy):
+            await client.call("join:room", "flood")
+        namespace = srv.app[keys.NAMESPACE]
+
+        async def round_trip_ms(text: str) -> float:
+            t0 = time.perf_counter()
+            await sender.call("message:send", {"roomId": "flood", "message": text})
+            await healthy.wait_for("message:received", lambda m: m["message"] == text)
+            return (time.perf_counter() - t0) * 1000
+
+        before = [await round_trip_ms(f"before-{n}") for n in range(20)]
+        stalled = await stalled_websocket(srv.url, "stalled", "flood")
+        assert len(namespace.sessions) == 3
+        payload = "x" * 3000
+        started = time.monotonic()
+        sent = 0
+        during: list[float] = []
+        received = 0
+        while sample(srv.app, "socketio_clients_evicted_total", reason="slow_consumer") < 1:
+            assert time.monotonic() - started < 120, "the slow consumer was never disconnected"
+            await asyncio.gather(
+                *(
+                    sender.call("message:send", {"roomId": "flood", "message": payload})
+                    for _ in range(100)
+                )
+            )
+            sent += 100
+            if sent % 1000 == 0:
+                received += count_and_clear(healthy, payload)
+                during.append(await round_trip_ms(f"during-{sent}"))
+        evicted_after = time.monotonic() - started
+        await asyncio.sleep(0.5)
+        assert len(namespace.sessions) == 2  # the stalled one is gone, the others stay
+        assert not any(s.user_id == "stalled" for s in namespace.sessions.values())
+        # the healthy receiver got every message
+        received += count_and_clear(healthy, payload)
+        assert received == sent
+        after = [await round_trip_ms(f"after-{n}") for n in range(20)]
+        stalled.close()
+    report = {
+        "send_buffer_bytes": buffer,
+        "messages_until_disconnect": sent,
+        "bytes_until_disconnect": sent * len(payload),
+        "seconds_until_disconnect": round(evicted_after, 2),
+        "healthy_rtt_ms_before_p50": round(statistics.median(before), 2),
+        "healthy_rtt_ms_during_p50": round(statistics.median(during), 2) if during else None,
+        "healthy_rtt_ms_after_p50": round(statistics.median(after), 2),
+        "healthy_messages_lost": 0,
+    }
+    print("\nslow consumer:", report)
+    write_report("slow-consumer", report)
+
+
+@pytest.mark.slow
+async def test_a_stalled_websocket_is_aborted_after_its_ping_timeout(clients) -> None:
+    """Little traffic, no overflow: python-engineio closes the socket on ping timeout but
+    its writer would wait forever on the unread TCP connection; the guard aborts it."""
+    async with running_server(ping_interval=0.5, ping_timeout=1) as srv:
+        sender = await connect(srv.url, "sender")
+        clients.append(sender)
+        await sender.call("join:room", "s")
+        stalled = await stalled_websocket(srv.url, "stalled", "s")
+        guard_sockets = srv.app[keys.SIO].eio
+        for _ in range(3):  # enough to fill the 4 KiB receive window and block the writer
+            await sender.call("message:send", {"roomId": "s", "message": "z" * 4000})
+        started = time.monotonic()
+        while sample(srv.app, "socketio_clients_evicted_total", reason="stalled") < 1:
+            assert time.monotonic() - started < 15, "the stalled websocket was never aborted"
+            await asyncio.sleep(0.1)
+        print(f"\nstalled websocket aborted {time.monotonic() - started:.1f}s after the traffic")
+        assert len(srv.app[keys.NAMESPACE].sessions) == 1
+        assert len(guard_sockets.sockets) <= 1
+        stalled.close()
+
+
+async def test_polling_client_that_stops_polling_is_bounded(clients) -> None:
+    """A long-polling client that stops sending GETs: its queue is bounded, then it is
+    disconnected, long before its ping timeout."""
+    async with running_server(
+        rate_limit_events=10**9, send_buffer_bytes=64 * 1024, ping_interval=25, ping_timeout=20
+    ) as srv:
+        sender = await connect(srv.url, "sender")
+        clients.append(sender)
+        await sender.call("join:room", "q")
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, "polling", http)
+            await raw.connect({"token": token("idle")})
+            assert (await raw.call("join:room", "q"))["ok"]
+            raw._reader.cancel()  # stop polling; the session stays open server-side
+            with contextlib.suppress(BaseException):
+                await raw._reader
+            namespace = srv.app[keys.NAMESPACE]
+            assert len(namespace.sessions) == 2
+            for _ in range(40):
+                await sender.call("message:send", {"roomId": "q", "message": "y" * 3000})
+            await asyncio.sleep(0.2)
+            assert len(namespace.sessions) == 1
+            assert sample(srv.app, "socketio_clients_evicted_total", reason="slow_consumer") == 1
+            with pytest.raises(Closed):
+                await raw.send('42["presence:get","q"]')
+
+
+# -- rooms -----------------------------------------------------------------------------------
+
+
+async def test_rooms_per_socket_are_bounded_and_per_user_exposure_is_reported(clients) -> None:
+    async with running_server(max_rooms_per_socket=50, rate_limit_events=10**9) as srv:
+        sockets = [await connect(srv.url, "hoarder") for _ in range(4)]
+        clients.extend(sockets)
+        joined = 0
+        for n, client in enumerate(sockets):
+            acks = await asyncio.gather(*(client.call("join:room", f"h{n}-{i}") for i in range(51)))
+            joined += sum(1 for ack in acks if ack["ok"])
+            refused = [ack["error"]["code"] for ack in acks if not ack["ok"]]
+            assert refused == ["too_many_rooms"]
+        rooms = srv.app[keys.SIO].manager.rooms["/"]
+        room_count = sum(1 for r in rooms if isinstance(r, str) and r.startswith("room:"))
+    # per socket the bound holds; per user it is sockets x MAX_ROOMS_PER_SOCKET, and sockets
+    # per user are limited only by the handshake rate limit and MAX_CONNECTIONS
+    assert joined == 4 * 50 and room_count == 200
+    print(f"\nrooms: one user, 4 sockets -> {room_count} rooms (50 per socket)")
