@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end suite: one topology per session, healed before every test."""
+"""Fixtures of the end-to-end suite: one topology for the package (torn down when its last
+test is done, so it does not idle behind the other suites), healed before every test."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .topology import Topology
 JS_DIR = ROOT / "tests" / "js"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def topology_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     require_tool("haproxy", "apt-get install -y --no-install-recommends haproxy")
     require_tool("prometheus", "apt-get install -y --no-install-recommends prometheus")

@@ -142,8 +142,10 @@ async def test_rolling_restart_loses_and_duplicates_nothing(topology: Topology) 
                 stack.push_async_callback(client.close)
                 assert (await client.join(room))["history"] == []
                 members.append(member)
+        # every pod has clients to lose (HAProxy's round robin is not strictly cyclic after
+        # servers went down and up in earlier tests, so the split is not always 3/3/3)
         spread = await asyncio.to_thread(topology.connections)
-        assert all(count >= 2 for count in spread.values()), spread
+        assert all(count >= 1 for count in spread.values()), spread
 
         stop = asyncio.Event()
         chatting = [asyncio.create_task(m.chat(room, stop)) for m in members]
