@@ -31,7 +31,7 @@ from service.client import (
 )
 
 from ..helpers import token
-from .topology import INSTANCE_ENV, Topology
+from .topology import INSTANCE_ENV, Topology, id_key
 
 pytestmark = pytest.mark.slow
 
@@ -96,11 +96,6 @@ class Member:
 
 def stream_key(room: str) -> str:
     return f"sio:history:{{{room}}}"  # REDIS_PREFIX "sio", one Stream per room
-
-
-def id_key(message_id: str) -> tuple[int, int]:
-    ms, seq = message_id.split("-")
-    return int(ms), int(seq)
 
 
 def inversions(ids: list[str]) -> int:

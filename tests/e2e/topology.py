@@ -54,6 +54,12 @@ INSTANCE_ENV = {
 }
 
 
+def id_key(message_id: str) -> tuple[int, int]:
+    """Message ids are ``<ms>-<seq>`` (Redis Stream ids): their order as numbers."""
+    ms, seq = message_id.split("-")
+    return int(ms), int(seq)
+
+
 def http_json(url: str, timeout: float = 2) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -142,6 +148,14 @@ class ThreadedFaultProxy:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.proxy = FaultProxy(target_port)
+        self.loop.set_exception_handler(self._quiet_when_redis_is_down)
+
+    @staticmethod
+    def _quiet_when_redis_is_down(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """While Redis is killed the proxy cannot reach it: expected, not worth a traceback."""
+        if isinstance(context.get("exception"), ConnectionRefusedError):
+            return
+        loop.default_exception_handler(context)
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
