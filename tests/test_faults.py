@@ -262,7 +262,7 @@ async def test_instance_sigkilled_mid_broadcast(redis_url, clients) -> None:
                 await asyncio.sleep(0.2)
             for v in victims:
                 with contextlib.suppress(Exception):
-                    await v.sio.eio.disconnect(abort=True)
+                    await asyncio.wait_for(v.sio.eio.disconnect(abort=True), 5)
         finally:
             doomed.stop(sig=9)
     report = {
