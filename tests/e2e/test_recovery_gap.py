@@ -1,5 +1,5 @@
 """Live delivery is in arrival order, not id order: a message stored through another pod can
-arrive after a later one stored locally (the rolling-restart test counts ~2-3 % of
+arrive after a later one stored locally (the rolling-restart test counts 2-5 % of
 deliveries out of id order). ``ChatClient`` rejoins with ``since`` = the highest id it has
 seen, so a lower-id message still in flight when the connection drops is never recovered.
 
