@@ -74,6 +74,7 @@ RECOVERED = "client:recovered"
 CLOSED = "client:closed"
 """``{code, message}`` once the client stops for good (``close()`` or giving up)."""
 
+REJOIN_MARGIN_MS = 5000
 SEEN_IDS_PER_ROOM = 4096
 """Enough ids to dedupe a reconnect's overlap between live and recovered messages."""
 
@@ -267,6 +268,18 @@ class _Room:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     pending: list[Any] | None = None
     """Live messages held back while a (re)join is in flight, to merge with ``missed``."""
+
+    def resume_from(self) -> str:
+        """Where a rejoin starts: a little before the newest id seen.
+
+        Live delivery follows arrival, not id order: a message stored through another
+        instance can still be in flight when a later local one arrives and the connection
+        drops. Starting ``REJOIN_MARGIN_MS`` earlier recovers it; ``seen`` drops the repeats.
+        """
+        if self.last_id is None:
+            return "0-0"
+        ms, _ = parse_id(self.last_id)
+        return f"{max(0, ms - REJOIN_MARGIN_MS)}-0"
 
     def mark(self, message_id: object) -> bool:
         """Remember ``message_id``; ``False`` if it was seen already."""
@@ -630,7 +643,7 @@ class ChatClient:
         """Rejoin every room from its last seen id, on the fresh connection."""
         for room in list(self._rooms.values()):
             room.pending = []
-            payload = {"roomId": room.room_id, "since": room.last_id or "0-0"}
+            payload = {"roomId": room.room_id, "since": room.resume_from()}
             try:
                 ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
             except EventRefused as exc:

@@ -1,12 +1,12 @@
 """Live delivery is in arrival order, not id order: a message stored through another pod can
 arrive after a later one stored locally (the rolling-restart test counts 2-5 % of
-deliveries out of id order). ``ChatClient`` rejoins with ``since`` = the highest id it has
-seen, so a lower-id message still in flight when the connection drops is never recovered.
+deliveries out of id order), so a lower-id message can still be in flight when the
+connection drops.
 
 This test produces that race on purpose: the fault proxy holds back the remote message (it
-mutes the pod's pub/sub), a later local one arrives, then the pod dies. Expected to fail
-until ``service/client.py`` rejoins from a point that covers in-flight messages (see
-docs/topology.md, "Findings")."""
+mutes the pod's pub/sub), a later local one arrives, then the pod dies. The client rejoins
+from ``REJOIN_MARGIN_MS`` before its newest id and drops repeats by id, so the held-back
+message is recovered."""
 
 from __future__ import annotations
 
@@ -24,11 +24,6 @@ from .topology import DEAF_CANDIDATE, Topology, id_key
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.client rejoins with since=<highest id seen>: an earlier remote message "
-    "in flight at the disconnect is skipped",
-)
 async def test_a_message_in_flight_at_the_disconnect_is_recovered(topology: Topology) -> None:
     local = topology.instances[DEAF_CANDIDATE]  # its pub/sub goes through the fault proxy
     other = topology.instances[0]
