@@ -11,7 +11,12 @@ hooks (``_publish``/``_listen``) the way @socket.io/redis-adapter's sharded adap
   up to 60 s);
 * each instance publishes a heartbeat on the shared channel and must hear it back, or it
   reports itself deaf (python-socketio#1581) so readiness fails instead of silently
-  dropping cross-instance messages.
+  dropping cross-instance messages;
+* on a Redis Cluster (``REDIS_CLUSTER=true`` or a ``redis+cluster://`` URL) stores use
+  ``RedisCluster`` and room channels use sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis >= 7):
+  a room's traffic stays on the shard that owns its channel's slot, and an instance holds
+  one subscriber connection per shard it has rooms on. The shared channel stays on classic
+  PUBLISH/SUBSCRIBE (the cluster bus carries it to every node).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
         "socket_connect_timeout": timeout,
         "health_check_interval": 15,
     }
+    if settings.redis_cluster_mode:
+        url = settings.redis_url.replace("+cluster://", "://", 1)
+        return aioredis.RedisCluster.from_url(url, **options)  # type: ignore[return-value]
     if urlparse(settings.redis_url).scheme == "redis+sentinel":
         sentinels, service_name, connection = parse_redis_sentinel_url(settings.redis_url)
         sentinel = aioredis.Sentinel(sentinels, sentinel_kwargs=options, **connection, **options)
@@ -72,7 +80,10 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         self.heartbeat_seconds = settings.pubsub_heartbeat_seconds
         self.available = True  # cleared by the health monitor while Redis does not answer
         self.listening = False
+        self.sharded = isinstance(self.redis, aioredis.RedisCluster)
         self._pubsub: Any = None
+        self._inbox: asyncio.Queue[Any] | None = None
+        self._readers: dict[str, asyncio.Task[None]] = {}
         self._wanted: set[str] = set()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._heard_at = time.monotonic()
@@ -104,8 +115,15 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         pubsub = self._pubsub
         if pubsub is None or not self.listening:
             return  # the listener subscribes to everything wanted when it (re)connects
-        task = asyncio.ensure_future(getattr(pubsub, action)(self.channel_for(room)))
+        if self.sharded:
+            task = asyncio.ensure_future(self._change_shard_subscription(pubsub, action, room))
+        else:
+            task = asyncio.ensure_future(getattr(pubsub, action)(self.channel_for(room)))
         task.add_done_callback(_ignore_failure)
+
+    async def _change_shard_subscription(self, pubsub: Any, action: str, room: str) -> None:
+        await getattr(pubsub, "s" + action)(self.channel_for(room))
+        self._start_shard_readers(pubsub)
 
     async def wait_subscribed(self, room: str, wait_seconds: float = 1.0) -> bool:
         """Wait until Redis confirmed the subscription for a room this instance just joined."""
@@ -170,8 +188,12 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         if not self.available:
             return  # Redis is down: local delivery already happened, don't stall the sender
         try:
+            payload = json.dumps(data, separators=(",", ":"))
             with self.metrics.redis_op("publish"):
-                await self.redis.publish(channel, json.dumps(data, separators=(",", ":")))
+                if self.sharded and channel != self.channel:
+                    await self.redis.spublish(channel, payload)
+                else:
+                    await self.redis.publish(channel, payload)
         except Exception as exc:
             log.warning("publish failed", extra={"event": "redis_publish_error", "error": str(exc)})
 
@@ -192,6 +214,10 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
 
     async def _listen(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
         """Yield decoded messages for the base class, reconnecting fast after any failure."""
+        if self.sharded:
+            async for decoded in self._listen_sharded():
+                yield decoded
+            return
         delay = 0.05
         while True:
             try:
@@ -219,15 +245,66 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
+    async def _listen_sharded(self) -> AsyncIterator[dict[str, Any]]:
+        """The Redis Cluster listener: the shared channel on classic pub/sub, room channels on
+        sharded pub/sub, one reader task per connection feeding one inbox."""
+        delay = 0.05
+        while True:
+            try:
+                self._inbox = inbox = asyncio.Queue()
+                self._pubsub = pubsub = self.redis.pubsub()
+                await pubsub.subscribe(self.channel)
+                self._readers["*"] = asyncio.ensure_future(_read(pubsub, inbox, classic=True))
+                wanted = [self.channel_for(r) for r in sorted(self._wanted)]
+                if wanted:
+                    await pubsub.ssubscribe(*wanted)
+                self._start_shard_readers(pubsub)
+                self.listening = True
+                delay = 0.05
+                log.info("pubsub listening", extra={"event": "pubsub_listening"})
+                while True:
+                    item = await inbox.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    decoded = self._on_message(item)
+                    if decoded is not None:
+                        yield decoded
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.listening:
+                    log.warning(
+                        "pubsub connection lost", extra={"event": "pubsub_lost", "error": str(exc)}
+                    )
+                self.listening = False
+                await self._close_pubsub()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    def _start_shard_readers(self, pubsub: Any) -> None:
+        """A reader for every shard connection that has subscriptions and none yet."""
+        inbox = self._inbox
+        if pubsub is not self._pubsub or inbox is None:
+            return
+        for name, node_pubsub in list(pubsub.node_pubsub_mapping.items()):
+            reader = self._readers.get(name)
+            if (reader is None or reader.done()) and node_pubsub.subscribed:
+                self._readers[name] = asyncio.ensure_future(_read(node_pubsub, inbox))
+
     def _on_message(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        kind = message.get("type")
-        if kind == "subscribe":
+        kind = _text(message.get("type") or "")
+        if kind in ("subscribe", "ssubscribe"):
             channel = _text(message["channel"])
             room = channel.partition("#")[2]
             if room in self._confirmed:
                 self._confirmed[room].set()
             return None
-        if kind != "message":
+        if kind == "sunsubscribe":  # the slot moved to another shard: follow it
+            room = _text(message["channel"]).partition("#")[2]
+            if room in self._wanted:
+                self._change_subscription("subscribe", room)
+            return None
+        if kind not in ("message", "smessage"):
             return None
         try:
             data = json.loads(message["data"])
@@ -244,6 +321,10 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        readers, self._readers = self._readers, {}
+        self._inbox = None
+        for reader in readers.values():
+            reader.cancel()
         for event in self._confirmed.values():
             event.clear()
         if pubsub is not None:
@@ -275,6 +356,21 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
                 await self.thread
         await self._close_pubsub()
         await self.redis.aclose()
+
+
+async def _read(pubsub: Any, inbox: asyncio.Queue[Any], classic: bool = False) -> None:
+    """Copy one pub/sub connection's messages to ``inbox``; a failure (or the shared
+    channel's stream ending) goes there too, so the listener reconnects everything. A shard
+    connection left without subscriptions just ends."""
+    try:
+        async for message in pubsub.listen():
+            inbox.put_nowait(message)
+        if classic:
+            inbox.put_nowait(ConnectionError("pubsub stream ended"))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        inbox.put_nowait(exc)
 
 
 def _text(value: bytes | str) -> str:

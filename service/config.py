@@ -21,7 +21,16 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "unix://",
+)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""Redis Cluster: stores on RedisCluster, room channels on sharded pub/sub."""
 PRIVATE_NETWORKS = (
     "127.0.0.0/8",
     "10.0.0.0/8",
@@ -170,6 +179,7 @@ class Settings:
     shutdown_drain_seconds: float = 10.0
     redis_timeout_seconds: float = 2.0
     redis_prefix: str = "sio"
+    redis_cluster: bool = False
     presence_ttl_seconds: float = 30.0
     pubsub_heartbeat_seconds: float = 1.0
     log_level: str = "info"
@@ -186,6 +196,14 @@ class Settings:
     def cluster(self) -> bool:
         """True when Redis carries fan-out, history, presence and rate limits."""
         return bool(self.redis_url)
+
+    @property
+    def redis_cluster_mode(self) -> bool:
+        """True when REDIS_URL names a Redis Cluster (``REDIS_CLUSTER=true`` or a
+        ``redis+cluster://``/``rediss+cluster://`` URL)."""
+        return bool(self.redis_url) and (
+            self.redis_cluster or self.redis_url.startswith(CLUSTER_SCHEMES)
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -278,6 +296,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SHUTDOWN_DRAIN_SECONDS": ("shutdown_drain_seconds", _float(0)),
     "REDIS_TIMEOUT_SECONDS": ("redis_timeout_seconds", _float(0.05, 60)),
     "REDIS_PREFIX": ("redis_prefix", _redis_prefix),
+    "REDIS_CLUSTER": ("redis_cluster", _bool),
     "PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", _float(1, 3600)),
     "PUBSUB_HEARTBEAT_SECONDS": ("pubsub_heartbeat_seconds", _float(0.05, 60)),
     "LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
