@@ -119,6 +119,21 @@ def test_cli_targets_pids_and_side_by_side_table() -> None:
     assert "anchor/ours" in text and "2.00x" in text
 
 
+def test_server_cpu_is_reported_per_pid() -> None:
+    runs = [
+        {"target": "ours", "deliveries_per_s": 1.0, "server_cpu": {"10": 0.5, "11": 0.01}},
+        {"target": "ours", "deliveries_per_s": 1.0, "server_cpu": {"10": 0.7, "11": 0.03}},
+        {"target": "ours", "deliveries_per_s": 1.0, "server_cpu": {"10": 0.6, "11": 0.02}},
+    ]
+    ours = median_result(runs)
+    assert ours["server_cpu"]["10"] == 0.6 and ours["server_cpu"]["11"] == 0.02
+    assert abs(ours["server_cpu"]["total"] - 0.62) < 1e-9
+    text = table([ours])
+    assert "ours server CPU by pid (cores): 10=0.60 11=0.02" in text
+    single = table([{"target": "one", "deliveries_per_s": 1.0, "server_cpu": {"10": 0.5}}])
+    assert "by pid" not in single
+
+
 def config(**overrides: object) -> BenchConfig:
     base: dict = {
         "receivers": 6,

@@ -70,11 +70,31 @@ def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for r in runs:
         for code, count in r.get("errors", {}).items():
             out["errors"][code] = out["errors"].get(code, 0) + count
-    if "server_cpu_total" in out:
-        out["server_cpu"] = {"total": out.pop("server_cpu_total")}
+    total = out.pop("server_cpu_total", None)
+    if total is not None:
+        out["server_cpu"] = {**per_pid_cpu(runs), "total": total}
     out.pop("error_count", None)
     out["warnings"] = sorted({w for r in runs for w in r.get("warnings", [])})
     return out
+
+
+def per_pid_cpu(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each server pid's CPU (cores), the median over runs."""
+    by_pid: dict[str, list[float]] = {}
+    for r in runs:
+        for pid, cores in (r.get("server_cpu") or {}).items():
+            if pid != "total":
+                by_pid.setdefault(pid, []).append(cores)
+    return {pid: statistics.median(v) for pid, v in by_pid.items()}
+
+
+def cpu_line(result: dict[str, Any]) -> str | None:
+    """``name server CPU by pid: 1234=0.52 1235=0.01`` when the target has several pids."""
+    cpu = {k: v for k, v in (result.get("server_cpu") or {}).items() if k != "total"}
+    if len(cpu) < 2:
+        return None
+    cells = " ".join(f"{pid}={cores:.2f}" for pid, cores in cpu.items())
+    return f"{result['target']} server CPU by pid (cores): {cells}"
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -111,6 +131,9 @@ def table(results: list[dict[str, Any]]) -> str:
             text.append(
                 f"{r['target']}: median of {r['runs']} runs, deliveries/s spread {spread:.0%}"
             )
+        line = cpu_line(r)
+        if line is not None:
+            text.append(line)
         if r.get("errors"):
             codes = ", ".join(f"{k}={v}" for k, v in sorted(r["errors"].items()))
             text.append(f"{r['target']} errors: {codes}")
