@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from service import keys
-from service.guard import SESSION_SLACK
+from service.guard import SESSION_SLACK, HandshakeLimiter, client_address, parse_networks
 
 from .helpers import connect, connect_error, running_server, token
 from .rawclient import Closed, open_raw
@@ -368,3 +368,30 @@ async def test_rooms_per_socket_are_bounded_and_per_user_exposure_is_reported(cl
     # per user are limited only by the handshake rate limit and MAX_CONNECTIONS
     assert joined == 4 * 50 and room_count == 200
     print(f"\nrooms: one user, 4 sockets -> {room_count} rooms (50 per socket)")
+
+
+def test_client_address_behind_trusted_proxies() -> None:
+    trusted = parse_networks(("127.0.0.0/8", "10.0.0.0/8"))
+    # a direct, untrusted peer is the client, whatever it claims
+    assert client_address("203.0.113.9", ["1.2.3.4"], trusted) == "203.0.113.9"
+    # behind trusted proxies: the right-most hop that is not one of them
+    assert client_address("10.0.0.5", ["1.2.3.4, 198.51.100.7, 10.0.0.9"], trusted) == (
+        "198.51.100.7"
+    )
+    assert client_address("127.0.0.1", [], trusted) == "127.0.0.1"
+    assert client_address("10.0.0.5", ["garbage, 198.51.100.7"], trusted) == "198.51.100.7"
+    assert client_address("10.0.0.5", ["198.51.100.7, not-an-ip"], trusted) == "10.0.0.5"
+    # IPv6 clients are keyed by their /64
+    assert client_address("2001:db8::1", [], trusted) == "2001:db8::/64"
+    assert client_address("2001:db8::ffff", [], trusted) == "2001:db8::/64"
+
+
+def test_handshake_buckets_refill_and_stay_bounded() -> None:
+    limiter = HandshakeLimiter(rate=2, burst=3)
+    assert [limiter.take("a", now=0) for _ in range(3)] == [0, 0, 0]
+    assert limiter.take("a", now=0) == pytest.approx(0.5)
+    assert limiter.take("a", now=0.5) == 0  # one token back after 1/rate seconds
+    assert limiter.take("b", now=0.5) == 0  # addresses do not share buckets
+    for n in range(3):
+        limiter.take(f"x{n}", now=100)
+    assert len(limiter) <= 5
