@@ -496,7 +496,9 @@ async def test_a_client_event_named_like_a_reserved_one_changes_nothing(name: st
             assert (await raw.call("join:room", "r"))["ok"]
             await observer.wait_for("user:joined")
             ack = await raw.call(name, "transport close")
-            assert ack is not None and ack["ok"] is False and ack["error"]["code"] == "unknown_event"
+            assert (
+                ack is not None and ack["ok"] is False and ack["error"]["code"] == "unknown_event"
+            )
             assert (await raw.call("presence:get", "r"))["users"] == ["mallory", "olivia"]
             assert not observer.events["user:left"]
             # still counted: a third connection is refused
