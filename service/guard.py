@@ -5,7 +5,8 @@
   (``HANDSHAKE_RATE_PER_ADDRESS`` per second, burst ``HANDSHAKE_BURST_PER_ADDRESS``); an
   empty bucket gets HTTP 429 ``{"code": "rate_limited"}`` before any session is allocated.
   Behind a proxy in ``TRUSTED_PROXIES`` the client is the right-most untrusted
-  ``X-Forwarded-For`` hop. IPv6 clients are keyed by their /64.
+  ``X-Forwarded-For`` hop. IPv6 clients are keyed by their /64. A client that resolves to a
+  loopback address (a process on the same host: tests, benchmarks) is not limited.
 * **Engine.IO session cap**: sessions that never finish the Socket.IO handshake do not count
   toward ``MAX_CONNECTIONS``, so new Engine.IO handshakes get HTTP 503
   ``{"code": "overloaded"}`` above ``MAX_CONNECTIONS`` plus a small slack, and a session
@@ -112,6 +113,12 @@ def client_address(peer: str | None, forwarded: list[str], trusted: tuple[Any, .
     return str(address)
 
 
+def _loopback(key: str) -> bool:
+    """A client on this host (tests, benchmarks, a sidecar without X-Forwarded-For)."""
+    address = _ip(key)
+    return address is not None and address.is_loopback
+
+
 class HandshakeLimiter:
     """Token buckets per address: ``burst`` capacity refilled at ``rate`` per second."""
 
@@ -175,7 +182,7 @@ def handshake_middleware(
             key = client_address(
                 request.remote, request.headers.getall("X-Forwarded-For", []), trusted
             )
-            wait = limiter.take(key)
+            wait = 0.0 if _loopback(key) else limiter.take(key)
             if wait > 0:
                 metrics.handshakes_refused.labels(reason="rate_limited").inc()
                 return _refusal(429, "rate_limited", "too many connection attempts", wait)
