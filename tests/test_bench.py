@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
 import pytest
+from engineio import packet as eio_packet
 
 from service.bench.cli import build_parser, parse_targets
 from service.bench.report import median_result, table
 from service.bench.runner import BenchConfig, Target, _window, run_target
 from service.bench.stats import Reservoir, percentile, summarize
 from service.bench.wire import Sink, message_text, refusal_code
-from service.transport import text_frame
+from service.guard import BoundedSendQueue
+from service.transport import ListDeque, slim_queue, text_frame
 
 from .helpers import SECRET, running_server
 
@@ -117,6 +120,29 @@ def test_cli_targets_pids_and_side_by_side_table() -> None:
     assert ours["deliveries_per_s"] == 200
     text = table([ours, {"target": "anchor", "deliveries_per_s": 400.0, "receivers": 5}])
     assert "anchor/ours" in text and "2.00x" in text
+
+
+async def test_slim_queue_keeps_order_bounds_and_join() -> None:
+    """The websocket driver swaps a socket queue's deques for lists: the guard's bounds,
+    overflow callback, FIFO order, blocking get and join() must be unchanged."""
+    overflowed: list[BoundedSendQueue] = []
+    queue = BoundedSendQueue(400, overflowed.append)  # 164 bytes a packet
+    slim_queue(queue)
+    assert isinstance(queue._queue, ListDeque) and isinstance(queue._getters, ListDeque)
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, "a" * 100))
+    assert (await getter).data == "a" * 100
+    queue.task_done()
+    for text in ("b" * 100, "c" * 100):
+        queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text))
+    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, "d" * 100))  # past 400 bytes
+    assert overflowed == [queue] and queue.qsize() == 2
+    joined = asyncio.ensure_future(queue.join())
+    assert [queue.get_nowait().data[0] for _ in range(2)] == ["b", "c"]
+    queue.task_done()
+    queue.task_done()
+    await asyncio.wait_for(joined, 1)
 
 
 def test_server_cpu_is_reported_per_pid() -> None:
