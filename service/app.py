@@ -66,7 +66,9 @@ def create_app(
     manager: socketio.AsyncManager
     if settings.cluster:
         manager = RedisManager(settings, metrics)
-        stores = stores or redis_stores(settings, manager.redis, metrics)
+        stores = stores or redis_stores(
+            settings, manager.redis, metrics, available=lambda: manager.available
+        )
     else:
         manager = LocalManager(metrics)
         stores = stores or memory_stores(settings)

@@ -41,7 +41,11 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 ROUTED_PREFIXES = ("room:", "user:")
-MAX_RECONNECT_DELAY = 1.0
+MAX_RECONNECT_DELAY = 0.5
+MONITOR_PING_SECONDS = 1.0
+"""How long the monitor waits for PONG (at most REDIS_TIMEOUT_SECONDS). A failed ping is
+retried at once, so Redis counts as down within about two of these: from then on
+publishes, rate limits and history skip Redis instead of each waiting out the timeout."""
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
@@ -295,6 +299,8 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         kind = _text(message.get("type") or "")
         if kind in ("subscribe", "ssubscribe"):
             channel = _text(message["channel"])
+            if channel == self.channel:
+                self._heard_at = time.monotonic()  # Redis answered: not deaf after an outage
             room = channel.partition("#")[2]
             if room in self._confirmed:
                 self._confirmed[room].set()
@@ -399,7 +405,8 @@ class RedisMonitor:
         try:
             with self.metrics.redis_op("ping"):
                 await asyncio.wait_for(
-                    self.manager.redis.ping(), self.settings.redis_timeout_seconds
+                    self.manager.redis.ping(),
+                    min(MONITOR_PING_SECONDS, self.settings.redis_timeout_seconds),
                 )
         except Exception:
             return None
@@ -407,6 +414,9 @@ class RedisMonitor:
 
     async def check_once(self) -> None:
         latency = await self.ping()
+        if latency is None:
+            # one late answer (this event loop was blocked, a GC pause) is not an outage
+            latency = await self.ping()
         was_up, self.up = self.up, latency is not None
         self.latency_ms = latency
         self.manager.available = self.up

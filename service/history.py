@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -141,14 +141,26 @@ class RedisHistory:
     """History in one Redis Stream per room: capped at ``size``, expired after ``ttl`` idle."""
 
     def __init__(
-        self, redis: Any, metrics: Any, *, size: int, ttl_seconds: int, prefix: str
+        self,
+        redis: Any,
+        metrics: Any,
+        *,
+        size: int,
+        ttl_seconds: int,
+        prefix: str,
+        available: Callable[[], bool] = lambda: True,
     ) -> None:
         self._redis = redis
+        self._available = available
         self._metrics = metrics
         self._size = size
         self._ttl = ttl_seconds
         self._prefix = prefix
         self._append = redis.register_script(_APPEND_SCRIPT)
+
+    def _check_available(self) -> None:
+        if not self._available():
+            raise HistoryUnavailable("redis is down")
 
     def _keys(self, room_id: str) -> tuple[str, str]:
         stream = f"{self._prefix}:history:{{{room_id}}}"
@@ -156,6 +168,7 @@ class RedisHistory:
 
     async def append(self, room_id: str, message: Message) -> Message:
         stream, dropped = self._keys(room_id)
+        self._check_available()
         with self._metrics.redis_op("history_append"), _unavailable_on_error():
             raw_id = await self._append(
                 keys=[stream, dropped],
@@ -167,6 +180,7 @@ class RedisHistory:
         if limit <= 0:
             return []
         stream, _ = self._keys(room_id)
+        self._check_available()
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             entries = await self._redis.xrevrange(
                 stream, max=f"({before}" if before else "+", min="-", count=limit
@@ -176,6 +190,7 @@ class RedisHistory:
     async def since(self, room_id: str, last_id: str) -> Recovery:
         after = parse_id(last_id)
         stream, dropped = self._keys(room_id)
+        self._check_available()
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xrange(stream, min=f"({last_id}", max="+", count=max(self._size, 1))

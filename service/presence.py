@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -58,8 +59,17 @@ class RedisPresence:
     users of a killed instance vanish from :meth:`users` within ``ttl`` seconds.
     """
 
-    def __init__(self, redis: Any, metrics: Any, *, ttl_seconds: float, prefix: str) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        metrics: Any,
+        *,
+        ttl_seconds: float,
+        prefix: str,
+        available: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._redis = redis
+        self._available = available
         self._metrics = metrics
         self._ttl = ttl_seconds
         self._prefix = prefix
@@ -70,6 +80,8 @@ class RedisPresence:
 
     async def add(self, room_id: str, user_id: str, sid: str) -> None:
         await self._local.add(room_id, user_id, sid)
+        if not self._available():
+            return  # the refresh writes it when Redis is back
         try:
             await self._write({room_id: {user_id: {sid}}})
         except (RedisError, OSError, TimeoutError):
@@ -77,6 +89,8 @@ class RedisPresence:
 
     async def remove(self, room_id: str, user_id: str, sid: str) -> None:
         await self._local.remove(room_id, user_id, sid)
+        if not self._available():
+            return  # the entry expires on its own
         try:
             with self._metrics.redis_op("presence_write"):
                 await self._redis.zrem(self._key(room_id), f"{sid}:{user_id}")
@@ -86,6 +100,8 @@ class RedisPresence:
     async def users(self, room_id: str) -> list[str]:
         """Everyone in the room; while Redis is down, this instance's members only."""
         key = self._key(room_id)
+        if not self._available():
+            return await self._local.users(room_id)
         try:
             with self._metrics.redis_op("presence_read"):
                 members = await self._redis.zrangebyscore(key, time.time(), "+inf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -75,9 +76,17 @@ class RedisRateLimiter:
     """
 
     def __init__(
-        self, redis: Any, metrics: Any, *, events: int, window_seconds: float, prefix: str
+        self,
+        redis: Any,
+        metrics: Any,
+        *,
+        events: int,
+        window_seconds: float,
+        prefix: str,
+        available: Callable[[], bool] = lambda: True,
     ) -> None:
         self._redis = redis
+        self._available = available
         self._metrics = metrics
         self._prefix = prefix
         self._capacity = events
@@ -86,6 +95,8 @@ class RedisRateLimiter:
         self.fallback = MemoryRateLimiter(events, window_seconds)
 
     async def acquire(self, user_id: str) -> float:
+        if not self._available():
+            return self.fallback.take(user_id)
         try:
             with self._metrics.redis_op("rate_limit"):
                 wait_ms = await self._take(

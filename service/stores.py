@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,18 @@ def memory_stores(settings: Settings) -> Stores:
     )
 
 
-def redis_stores(settings: Settings, redis: Any, metrics: Metrics) -> Stores:
-    """Cluster mode: history, presence and rate limits shared by every instance."""
+def redis_stores(
+    settings: Settings,
+    redis: Any,
+    metrics: Metrics,
+    available: Callable[[], bool] = lambda: True,
+) -> Stores:
+    """Cluster mode: history, presence and rate limits shared by every instance.
+
+    ``available`` is the Redis monitor's verdict: while Redis is down every store falls back
+    at once (local bucket, local presence, ``HistoryUnavailable``) instead of each call
+    waiting out the command timeout.
+    """
     return Stores(
         history=RedisHistory(
             redis,
@@ -37,9 +48,14 @@ def redis_stores(settings: Settings, redis: Any, metrics: Metrics) -> Stores:
             size=settings.history_size,
             ttl_seconds=settings.history_ttl_seconds,
             prefix=settings.redis_prefix,
+            available=available,
         ),
         presence=RedisPresence(
-            redis, metrics, ttl_seconds=settings.presence_ttl_seconds, prefix=settings.redis_prefix
+            redis,
+            metrics,
+            ttl_seconds=settings.presence_ttl_seconds,
+            prefix=settings.redis_prefix,
+            available=available,
         ),
         limiter=RedisRateLimiter(
             redis,
@@ -47,5 +63,6 @@ def redis_stores(settings: Settings, redis: Any, metrics: Metrics) -> Stores:
             events=settings.rate_limit_events,
             window_seconds=settings.rate_limit_window_seconds,
             prefix=settings.redis_prefix,
+            available=available,
         ),
     )

@@ -276,7 +276,7 @@ async def test_redis_restart_mid_traffic(own_redis, clients, tmp_path):
             resumed_after = time.monotonic() - restarted
             print(f"\ncross-instance delivery resumed {resumed_after:.2f}s after Redis restart")
             assert resumed_after <= 5
-            while (await readyz(a.url))[0] != 200:
+            while (await readyz(a.url))[0] != 200 or (await readyz(b.url))[0] != 200:
                 assert time.monotonic() - restarted < 5
                 await asyncio.sleep(0.05)
             history = await bob_history(remote)
