@@ -21,7 +21,7 @@ from service import keys
 from service.cluster import RedisManager
 from service.config import Settings
 
-from .helpers import RunningServer, connect, require_tool, running_server
+from .helpers import RunningServer, connect, free_port, require_tool, running_server
 from .redis_server import RedisServer
 
 NODES = 3
@@ -32,12 +32,15 @@ class LocalRedisCluster:
     create`` (no replicas)."""
 
     def __init__(self, workdir: Path) -> None:
+        # the cluster bus defaults to port + 10000, past 65535 for high free ports: name it
         self.servers = [
             RedisServer(
                 workdir / f"node{i}",
                 None,
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                str(free_port()),
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
