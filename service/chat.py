@@ -12,6 +12,7 @@ import math
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.gate = gate
         self.verifier = TokenVerifier(settings)
         self.sessions: dict[str, Session] = {}
+        self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
         self._unstored_base = secrets.randbelow(1 << 40)  # unlike any other instance's
         self._handlers: dict[str, Callable[[str, Session, Any], Awaitable[Ack]]] = {
@@ -143,7 +145,10 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise self._refuse("unauthorized", str(exc)) from None
         if await self.stores.limiter.acquire(claims.user_id) > 0:
             raise self._refuse("rate_limited", "too many connection attempts")
+        if self._user_sockets[claims.user_id] >= self.settings.max_sockets_per_user:
+            raise self._refuse("overloaded", "too many connections for this user")
         self.sessions[sid] = Session(claims.user_id)
+        self._user_sockets[claims.user_id] += 1
         await self.enter_room(sid, p.user_channel(claims.user_id))
         transport = self.server.transport(sid, self.namespace)
         self.metrics.connections.labels(transport=transport).inc()
@@ -154,6 +159,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics.disconnections.labels(reason=p.DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return
+        self._user_sockets[session.user_id] -= 1
+        if not self._user_sockets[session.user_id]:
+            del self._user_sockets[session.user_id]
         for room_id in sorted(session.rooms):
             await self._left(sid, session, room_id)
 

@@ -168,6 +168,7 @@ class Settings:
     max_message_bytes: int = 4096
     max_connections: int = 10_000
     max_rooms_per_socket: int = 100
+    max_sockets_per_user: int = 20
     handshake_rate_per_address: float = 20.0
     handshake_burst_per_address: int = 60
     trusted_proxies: tuple[str, ...] = PRIVATE_NETWORKS
@@ -285,6 +286,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_MESSAGE_BYTES": ("max_message_bytes", _int(1, 16 * 1024 * 1024)),
     "MAX_CONNECTIONS": ("max_connections", _int(1)),
     "MAX_ROOMS_PER_SOCKET": ("max_rooms_per_socket", _int(1)),
+    "MAX_SOCKETS_PER_USER": ("max_sockets_per_user", _int(1)),
     "HANDSHAKE_RATE_PER_ADDRESS": ("handshake_rate_per_address", _float(0)),
     "HANDSHAKE_BURST_PER_ADDRESS": ("handshake_burst_per_address", _int(1)),
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),

@@ -320,3 +320,17 @@ async def test_max_rooms_per_socket(clients):
         assert (await alice.call("join:room", "b"))["ok"]
         assert (await alice.call("join:room", "a"))["ok"]  # rejoining is free
         assert (await alice.call("join:room", "c"))["error"]["code"] == "too_many_rooms"
+
+
+async def test_sockets_per_user_are_bounded(clients):
+    """With MAX_ROOMS_PER_SOCKET this bounds the rooms one user can hold on an instance."""
+    from .helpers import connect_error, token
+
+    async with running_server(max_sockets_per_user=2) as srv:
+        clients += [await connect(srv.url, "alice"), await connect(srv.url, "alice")]
+        refused = await connect_error(srv.url, auth={"token": token("alice")})
+        assert refused["code"] == "overloaded"
+        clients.append(await connect(srv.url, "bob"))  # other users are not affected
+        await clients[0].close()
+        await asyncio.sleep(0.2)
+        clients.append(await connect(srv.url, "alice"))  # a slot frees on disconnect
