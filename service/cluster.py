@@ -218,21 +218,12 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
 
     async def _listen(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
         """Yield decoded messages for the base class, reconnecting fast after any failure."""
-        if self.sharded:
-            async for decoded in self._listen_sharded():
-                yield decoded
-            return
+        stream = self._stream_sharded if self.sharded else self._stream_classic
         delay = 0.05
         while True:
             try:
-                self._pubsub = self.redis.pubsub()
-                await self._pubsub.subscribe(
-                    self.channel, *(self.channel_for(r) for r in sorted(self._wanted))
-                )
-                self.listening = True
-                delay = 0.05
-                log.info("pubsub listening", extra={"event": "pubsub_listening"})
-                async for message in self._pubsub.listen():
+                async for message in stream():
+                    delay = 0.05
                     decoded = self._on_message(message)
                     if decoded is not None:
                         yield decoded
@@ -249,41 +240,37 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
-    async def _listen_sharded(self) -> AsyncIterator[dict[str, Any]]:
+    def _now_listening(self) -> None:
+        self.listening = True
+        log.info("pubsub listening", extra={"event": "pubsub_listening"})
+
+    async def _stream_classic(self) -> AsyncIterator[dict[str, Any]]:
+        """One pub/sub connection for the shared channel and every wanted room channel."""
+        self._pubsub = self.redis.pubsub()
+        await self._pubsub.subscribe(
+            self.channel, *(self.channel_for(r) for r in sorted(self._wanted))
+        )
+        self._now_listening()
+        async for message in self._pubsub.listen():
+            yield message
+
+    async def _stream_sharded(self) -> AsyncIterator[dict[str, Any]]:
         """The Redis Cluster listener: the shared channel on classic pub/sub, room channels on
         sharded pub/sub, one reader task per connection feeding one inbox."""
-        delay = 0.05
+        self._inbox = inbox = asyncio.Queue()
+        self._pubsub = pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.channel)
+        self._readers["*"] = asyncio.ensure_future(_read(pubsub, inbox, classic=True))
+        wanted = [self.channel_for(r) for r in sorted(self._wanted)]
+        if wanted:
+            await pubsub.ssubscribe(*wanted)
+        self._start_shard_readers(pubsub)
+        self._now_listening()
         while True:
-            try:
-                self._inbox = inbox = asyncio.Queue()
-                self._pubsub = pubsub = self.redis.pubsub()
-                await pubsub.subscribe(self.channel)
-                self._readers["*"] = asyncio.ensure_future(_read(pubsub, inbox, classic=True))
-                wanted = [self.channel_for(r) for r in sorted(self._wanted)]
-                if wanted:
-                    await pubsub.ssubscribe(*wanted)
-                self._start_shard_readers(pubsub)
-                self.listening = True
-                delay = 0.05
-                log.info("pubsub listening", extra={"event": "pubsub_listening"})
-                while True:
-                    item = await inbox.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    decoded = self._on_message(item)
-                    if decoded is not None:
-                        yield decoded
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.listening:
-                    log.warning(
-                        "pubsub connection lost", extra={"event": "pubsub_lost", "error": str(exc)}
-                    )
-                self.listening = False
-                await self._close_pubsub()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            item = await inbox.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def _start_shard_readers(self, pubsub: Any) -> None:
         """A reader for every shard connection that has subscriptions and none yet."""
