@@ -49,12 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime, e.g. 1h")
     token.add_argument("--jwt-secret", help="defaults to JWT_SECRET")
 
-    for name, help_text in (
-        ("chat", "a terminal chat client (see: chat --help)"),
-        ("bench", "the load tool (see: bench --help)"),
-    ):
-        tool = sub.add_parser(name, help=help_text, add_help=False)
-        tool.add_argument("tool_args", nargs=argparse.REMAINDER)
+    # listed for --help only: main() hands `chat ...` and `bench ...` to the tools unparsed
+    sub.add_parser("chat", help="a terminal chat client (see: chat --help)", add_help=False)
+    sub.add_parser("bench", help="the load tool (see: bench --help)", add_help=False)
     return parser
 
 

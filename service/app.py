@@ -21,6 +21,7 @@ from .fanout import LocalManager
 from .guard import install_guard
 from .health import setup_health_routes
 from .lifecycle import close_transports, monitor_event_loop
+from .link import RedisLink
 from .metrics import Metrics
 from .presence import RedisPresence
 from .stores import Stores, memory_stores, redis_stores
@@ -66,9 +67,8 @@ def create_app(
     manager: socketio.AsyncManager
     if settings.cluster:
         manager = RedisManager(settings, metrics)
-        stores = stores or redis_stores(
-            settings, manager.redis, metrics, available=lambda: manager.available
-        )
+        link = RedisLink(manager.redis, metrics, settings.redis_prefix, lambda: manager.available)
+        stores = stores or redis_stores(settings, link)
     else:
         manager = LocalManager(metrics)
         stores = stores or memory_stores(settings)

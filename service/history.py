@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from .link import REDIS_ERRORS, RedisLink
 
 Message = dict[str, Any]
 
@@ -140,30 +140,20 @@ return id
 class RedisHistory:
     """History in one Redis Stream per room: capped at ``size``, expired after ``ttl`` idle."""
 
-    def __init__(
-        self,
-        redis: Any,
-        metrics: Any,
-        *,
-        size: int,
-        ttl_seconds: int,
-        prefix: str,
-        available: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._redis = redis
-        self._available = available
-        self._metrics = metrics
+    def __init__(self, link: RedisLink, *, size: int, ttl_seconds: int) -> None:
+        self._link = link
+        self._redis = link.redis
+        self._metrics = link.metrics
         self._size = size
         self._ttl = ttl_seconds
-        self._prefix = prefix
-        self._append = redis.register_script(_APPEND_SCRIPT)
+        self._append = link.redis.register_script(_APPEND_SCRIPT)
 
     def _check_available(self) -> None:
-        if not self._available():
+        if not self._link.available():
             raise HistoryUnavailable("redis is down")
 
     def _keys(self, room_id: str) -> tuple[str, str]:
-        stream = f"{self._prefix}:history:{{{room_id}}}"
+        stream = self._link.key("history", room_id)
         return stream, f"{stream}:dropped"
 
     async def append(self, room_id: str, message: Message) -> Message:
@@ -208,7 +198,7 @@ def _unavailable_on_error() -> Iterator[None]:
     """Redis failures (refused, timed out, out of memory) become ``HistoryUnavailable``."""
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         raise HistoryUnavailable(str(exc)) from exc
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from redis.exceptions import RedisError
+from .link import REDIS_ERRORS, RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -59,53 +58,44 @@ class RedisPresence:
     users of a killed instance vanish from :meth:`users` within ``ttl`` seconds.
     """
 
-    def __init__(
-        self,
-        redis: Any,
-        metrics: Any,
-        *,
-        ttl_seconds: float,
-        prefix: str,
-        available: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._redis = redis
-        self._available = available
-        self._metrics = metrics
+    def __init__(self, link: RedisLink, *, ttl_seconds: float) -> None:
+        self._link = link
+        self._redis = link.redis
+        self._metrics = link.metrics
         self._ttl = ttl_seconds
-        self._prefix = prefix
         self._local = MemoryPresence()  # what this instance must keep refreshing
 
     def _key(self, room_id: str) -> str:
-        return f"{self._prefix}:presence:{{{room_id}}}"
+        return self._link.key("presence", room_id)
 
     async def add(self, room_id: str, user_id: str, sid: str) -> None:
         await self._local.add(room_id, user_id, sid)
-        if not self._available():
+        if not self._link.available():
             return  # the refresh writes it when Redis is back
         try:
             await self._write({room_id: {user_id: {sid}}})
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             log.info("presence write deferred to the next refresh", extra={"event": "presence"})
 
     async def remove(self, room_id: str, user_id: str, sid: str) -> None:
         await self._local.remove(room_id, user_id, sid)
-        if not self._available():
+        if not self._link.available():
             return  # the entry expires on its own
         try:
             with self._metrics.redis_op("presence_write"):
                 await self._redis.zrem(self._key(room_id), f"{sid}:{user_id}")
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             log.info("presence entry left to expire", extra={"event": "presence"})
 
     async def users(self, room_id: str) -> list[str]:
         """Everyone in the room; while Redis is down, this instance's members only."""
         key = self._key(room_id)
-        if not self._available():
+        if not self._link.available():
             return await self._local.users(room_id)
         try:
             with self._metrics.redis_op("presence_read"):
                 members = await self._redis.zrangebyscore(key, time.time(), "+inf")
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return await self._local.users(room_id)
         return sorted({_text(m).split(":", 1)[1] for m in members})
 

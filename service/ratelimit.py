@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
+
+from .link import RedisLink
 
 
 class RateLimiter(Protocol):
@@ -75,32 +76,21 @@ class RedisRateLimiter:
     users nor lifts the limit.
     """
 
-    def __init__(
-        self,
-        redis: Any,
-        metrics: Any,
-        *,
-        events: int,
-        window_seconds: float,
-        prefix: str,
-        available: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._redis = redis
-        self._available = available
-        self._metrics = metrics
-        self._prefix = prefix
+    def __init__(self, link: RedisLink, *, events: int, window_seconds: float) -> None:
+        self._link = link
+        self._metrics = link.metrics
         self._capacity = events
         self._rate_per_ms = events / (window_seconds * 1000)
-        self._take = redis.register_script(_TAKE_SCRIPT)
+        self._take = link.redis.register_script(_TAKE_SCRIPT)
         self.fallback = MemoryRateLimiter(events, window_seconds)
 
     async def acquire(self, user_id: str) -> float:
-        if not self._available():
+        if not self._link.available():
             return self.fallback.take(user_id)
         try:
             with self._metrics.redis_op("rate_limit"):
                 wait_ms = await self._take(
-                    keys=[f"{self._prefix}:ratelimit:{{{user_id}}}"],
+                    keys=[self._link.key("ratelimit", user_id)],
                     args=[self._capacity, repr(self._rate_per_ms)],
                 )
         except Exception:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .config import Settings
 from .history import HistoryStore, MemoryHistory, RedisHistory
-from .metrics import Metrics
+from .link import RedisLink
 from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
@@ -29,40 +27,18 @@ def memory_stores(settings: Settings) -> Stores:
     )
 
 
-def redis_stores(
-    settings: Settings,
-    redis: Any,
-    metrics: Metrics,
-    available: Callable[[], bool] = lambda: True,
-) -> Stores:
-    """Cluster mode: history, presence and rate limits shared by every instance.
-
-    ``available`` is the Redis monitor's verdict: while Redis is down every store falls back
-    at once (local bucket, local presence, ``HistoryUnavailable``) instead of each call
-    waiting out the command timeout.
-    """
+def redis_stores(settings: Settings, link: RedisLink) -> Stores:
+    """Cluster mode: history, presence and rate limits shared by every instance; while
+    ``link.available()`` is false each falls back at once (``HistoryUnavailable``, local
+    presence, local bucket)."""
     return Stores(
         history=RedisHistory(
-            redis,
-            metrics,
-            size=settings.history_size,
-            ttl_seconds=settings.history_ttl_seconds,
-            prefix=settings.redis_prefix,
-            available=available,
+            link, size=settings.history_size, ttl_seconds=settings.history_ttl_seconds
         ),
-        presence=RedisPresence(
-            redis,
-            metrics,
-            ttl_seconds=settings.presence_ttl_seconds,
-            prefix=settings.redis_prefix,
-            available=available,
-        ),
+        presence=RedisPresence(link, ttl_seconds=settings.presence_ttl_seconds),
         limiter=RedisRateLimiter(
-            redis,
-            metrics,
+            link,
             events=settings.rate_limit_events,
             window_seconds=settings.rate_limit_window_seconds,
-            prefix=settings.redis_prefix,
-            available=available,
         ),
     )
