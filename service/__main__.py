@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the tools own their flags: argparse's REMAINDER would not pass on a leading --flag
     if argv[:1] == ["chat"]:
-        from .chatcli import main as chat_main
+        from .client.cli import main as chat_main
 
         return chat_main(argv[1:])
     if argv[:1] == ["bench"]:

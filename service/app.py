@@ -17,15 +17,15 @@ from .chat import ChatNamespace, Gate
 from .cluster import RedisManager, RedisMonitor
 from .config import Settings
 from .demo import setup_demo_routes
-from .fanout import LocalManager
-from .guard import install_guard
+from .engine.fanout import LocalManager
+from .engine.guard import install_guard
+from .engine.transport import websocket_driver
 from .health import setup_health_routes
 from .lifecycle import close_transports, monitor_event_loop
-from .link import RedisLink
 from .metrics import Metrics
-from .presence import RedisPresence
 from .stores import Stores, memory_stores, redis_stores
-from .transport import websocket_driver
+from .stores.link import RedisLink
+from .stores.presence import RedisPresence
 
 FRAME_OVERHEAD_BYTES = 16 * 1024
 """Room for JSON framing around the largest allowed message in one Engine.IO packet."""

@@ -22,9 +22,9 @@ import socketio
 from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
-from .history import HistoryUnavailable
 from .metrics import Metrics, event_label
 from .stores import Stores
+from .stores.history import HistoryUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .history import parse_id
-
 JOIN_ROOM = "join:room"
 LEAVE_ROOM = "leave:room"
 MESSAGE_SEND = "message:send"
@@ -71,6 +69,16 @@ DISCONNECT_REASONS = {
 ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_USER_ID_CHARS = 256
 DEFAULT_HISTORY_LIMIT = 50
+
+
+def parse_id(value: object) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else."""
+    if not isinstance(value, str) or len(value) > 48:
+        raise ValueError("message id must be a string like '1700000000000-0'")
+    ms, sep, seq = value.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError("message id must be a string like '1700000000000-0'")
+    return int(ms), int(seq)
 
 
 class EventError(Exception):

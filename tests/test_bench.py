@@ -14,8 +14,8 @@ from service.bench.report import median_result, table
 from service.bench.runner import BenchConfig, Target, _window, run_target
 from service.bench.stats import Reservoir, percentile, summarize
 from service.bench.wire import Sink, message_text, refusal_code
-from service.guard import BoundedSendQueue
-from service.transport import ListDeque, slim_queue, text_frame
+from service.engine.guard import BoundedSendQueue
+from service.engine.transport import ListDeque, slim_queue, text_frame
 
 from .helpers import SECRET, running_server
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from service import keys
-from service.guard import SESSION_SLACK, HandshakeLimiter, client_address, parse_networks
+from service.engine.guard import SESSION_SLACK, HandshakeLimiter, client_address, parse_networks
 
 from .helpers import connect, connect_error, running_server, token
 from .rawclient import Closed, open_raw

@@ -39,7 +39,7 @@ from aiohttp import web
 from engineio import packet as eio_packet
 from prometheus_client import CollectorRegistry, Counter
 
-from .config import Settings
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any, NotRequired, TypedDict, cast
 import aiohttp
 import socketio
 
-from . import protocol as p
-from .history import parse_id
+from .. import protocol as p
+from ..protocol import parse_id
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 python-socketio's ``AsyncManager.emit`` creates one asyncio task per recipient; here a
 broadcast encodes its packet once and, for text packets, builds the websocket frame once:
 it is written straight to each websocket receiver's transport when nothing else is queued
-for that socket (:func:`service.transport.direct_transport`), else appended to the socket's
+for that socket (:func:`service.engine.transport.direct_transport`), else appended to the socket's
 Engine.IO queue (long-polling, a busy writer, binary packets). Recipients are counted once
 per broadcast (no per-recipient metric call).
 """
@@ -18,8 +18,8 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
-from .metrics import Metrics
-from .protocol import MESSAGE_RECEIVED, PRIVATE_RECEIVED
+from ..metrics import Metrics
+from ..protocol import MESSAGE_RECEIVED, PRIVATE_RECEIVED
 from .transport import direct_transport, text_frame
 
 log = logging.getLogger(__name__)

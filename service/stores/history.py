@@ -14,19 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..protocol import parse_id
 from .link import REDIS_ERRORS, RedisLink
 
 Message = dict[str, Any]
-
-
-def parse_id(value: object) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else."""
-    if not isinstance(value, str) or len(value) > 48:
-        raise ValueError("message id must be a string like '1700000000000-0'")
-    ms, sep, seq = value.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit():
-        raise ValueError("message id must be a string like '1700000000000-0'")
-    return int(ms), int(seq)
 
 
 @dataclass(frozen=True)

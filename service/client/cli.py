@@ -19,8 +19,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import protocol as p
-from .client import (
+from .. import protocol as p
+from .chat_client import (
     CLOSED,
     CONNECTED,
     DISCONNECTED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Settings
+from ..config import Settings
 from .history import HistoryStore, MemoryHistory, RedisHistory
 from .link import RedisLink
 from .presence import MemoryPresence, PresenceStore, RedisPresence

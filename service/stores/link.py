@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:  # metrics -> protocol -> history -> link: no import at run time
-    from .metrics import Metrics
+    from ..metrics import Metrics
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 """What a Redis call raises when Redis is refused, slow or out of memory."""

@@ -1,0 +1,87 @@
+"""Background duties of a cluster instance: Redis health, heartbeats, presence refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..config import Settings
+from ..metrics import Metrics
+from .manager import RedisManager
+
+log = logging.getLogger(__name__)
+
+MONITOR_PING_SECONDS = 1.0
+"""How long the monitor waits for PONG (at most REDIS_TIMEOUT_SECONDS). A failed ping is
+retried at once, so Redis counts as down within about two of these: from then on
+publishes, rate limits and history skip Redis instead of each waiting out the timeout."""
+
+
+class RedisMonitor:
+    """Background duties of a cluster instance: Redis health, heartbeats, presence refresh."""
+
+    def __init__(self, manager: RedisManager, metrics: Metrics, settings: Settings) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.settings = settings
+        self.up = False
+        self.latency_ms: float | None = None
+        self.refreshers: list[Any] = []  # stores with an async refresh()
+
+    async def ping(self) -> float | None:
+        """Round trip in milliseconds, or None when Redis does not answer in time."""
+        started = time.perf_counter()
+        try:
+            with self.metrics.redis_op("ping"):
+                await asyncio.wait_for(
+                    self.manager.redis.ping(),
+                    min(MONITOR_PING_SECONDS, self.settings.redis_timeout_seconds),
+                )
+        except Exception:
+            return None
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    async def check_once(self) -> None:
+        latency = await self.ping()
+        if latency is None:
+            # one late answer (this event loop was blocked, a GC pause) is not an outage
+            latency = await self.ping()
+        was_up, self.up = self.up, latency is not None
+        self.latency_ms = latency
+        self.manager.available = self.up
+        self.metrics.redis_up.set(1 if self.up else 0)
+        if was_up != self.up:
+            log.log(
+                logging.INFO if self.up else logging.WARNING,
+                "redis reachable" if self.up else "redis unreachable",
+                extra={"event": "redis_up" if self.up else "redis_down"},
+            )
+        if self.up:
+            await self.manager.heartbeat()
+        self.metrics.pubsub_deaf.set(1 if self.manager.deaf else 0)
+
+    async def run(self) -> None:
+        interval = min(0.5, self.manager.heartbeat_seconds)
+        refresh_every = self.settings.presence_ttl_seconds / 3
+        refreshed = time.monotonic()
+        while True:
+            await self.check_once()
+            if self.up and time.monotonic() - refreshed >= refresh_every:
+                refreshed = time.monotonic()
+                for store in self.refreshers:
+                    try:
+                        await store.refresh()
+                    except Exception as exc:
+                        log.warning("presence refresh failed", extra={"error": str(exc)})
+            await asyncio.sleep(interval)
+
+    async def not_ready_reason(self) -> str | None:
+        if not self.up:
+            return "redis_unreachable"
+        if not self.manager.listening:
+            return "pubsub_disconnected"
+        if self.manager.deaf:
+            return "pubsub_deaf"
+        return None
