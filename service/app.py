@@ -14,7 +14,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from . import keys
 from .admin import enable_admin_ui
 from .chat import ChatNamespace, Gate
-from .cluster import RedisManager, RedisMonitor
+from .cluster import Outbox, RedisManager, RedisMonitor, Sequencer
+from .cluster.sequencer import deliver_to_room
 from .config import Settings
 from .demo import setup_demo_routes
 from .engine.fanout import LocalManager
@@ -24,6 +25,7 @@ from .health import setup_health_routes
 from .lifecycle import close_transports, monitor_event_loop
 from .metrics import Metrics
 from .stores import Stores, memory_stores, redis_stores
+from .stores.history import RedisHistory
 from .stores.link import RedisLink
 from .stores.presence import RedisPresence
 
@@ -75,6 +77,9 @@ def create_app(
     sio = create_sio(settings, manager)
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
+    if isinstance(manager, RedisManager) and isinstance(stores.history, RedisHistory):
+        manager.sequencer = Sequencer(stores.history, deliver_to_room(manager.deliver))
+        namespace.poster = Outbox(stores.history, manager, settings)
     sio.attach(app)
     install_guard(app, sio, settings, metrics.registry)
 
@@ -131,4 +136,7 @@ async def _run_cluster(app: web.Application) -> AsyncIterator[None]:
     app[keys.REDIS_PING] = monitor.ping
     yield
     task.cancel()
+    poster = app[keys.NAMESPACE].poster
+    if isinstance(poster, Outbox):
+        await poster.close()
     await manager.close()

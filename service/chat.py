@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import socketio
 
@@ -37,6 +37,13 @@ class Session:
 
     user_id: str
     rooms: set[str] = field(default_factory=set)
+
+
+class MessagePoster(Protocol):
+    """Cluster mode's ``message:send``: store, publish and deliver in one step
+    (:class:`service.cluster.outbox.Outbox`); raises ``HistoryUnavailable`` to fall back."""
+
+    async def post(self, room_id: str, message: dict[str, Any]) -> Ack: ...
 
 
 @dataclass
@@ -65,6 +72,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.gate = gate
         self.verifier = TokenVerifier(settings)
+        self.poster: MessagePoster | None = None  # set in cluster mode
         self.sessions: dict[str, Session] = {}
         self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
@@ -239,6 +247,10 @@ class ChatNamespace(socketio.AsyncNamespace):
             "timestamp": now_ms(),
         }
         try:
+            if self.poster is not None:
+                ack = await self.poster.post(request.room_id, message)
+                self.metrics.messages_stored.inc()
+                return ack
             stored = await self.stores.history.append(request.room_id, message)
         except HistoryUnavailable:
             # Redis is down: keep local members talking, and say the message is not kept

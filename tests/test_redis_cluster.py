@@ -191,6 +191,10 @@ async def test_two_instances_share_everything_through_the_cluster(redis_cluster,
         assert refused["ok"] is False and refused["error"]["code"] == "rate_limited"
 
 
+def chan(room: str) -> str:
+    return f"sio:socketio#room:{{{room}}}"
+
+
 async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
     async with instances(redis_cluster.url, count=1) as (a,):
         await until(lambda: ready(a))
@@ -201,16 +205,17 @@ async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
         rooms = [f"shard-{i}" for i in range(12)]
         for room in rooms:
             await alice.call("join:room", room)
-        prefix = "sio:socketio#room:"
         owners = set()
         cluster = aioredis.RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""))
         await cluster.initialize()
         try:
-            owner_of = {prefix + r: cluster.get_node_from_key(prefix + r).port for r in rooms}
+            owner_of = {chan(r): cluster.get_node_from_key(chan(r)).port for r in rooms}
         finally:
             await cluster.aclose()
         for room in rooms:
-            channel = prefix + room
+            channel = chan(room)
+            # the room's channel and its history stream share one slot (one script does both)
+            assert key_slot(channel.encode()) == key_slot(f"sio:history:{{{room}}}".encode())
             owner = owner_of[channel]
             owners.add(owner)
 
@@ -231,7 +236,7 @@ async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
                 '"namespace":"/","room":"room:shard-0","skip_sid":null,"callback":null,'
                 '"host_id":"elsewhere"}'
             )
-            assert await cluster.spublish(prefix + "shard-0", payload) == 1
+            assert await cluster.spublish(chan("shard-0"), payload) == 1
         finally:
             await cluster.aclose()
         got = await alice.wait_for("message:received")
@@ -240,7 +245,7 @@ async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
         await alice.call("leave:room", "shard-0")
 
         async def unsubscribed() -> bool:
-            counts = await shard_subscribers(redis_cluster, prefix + "shard-0")
+            counts = await shard_subscribers(redis_cluster, chan("shard-0"))
             return sum(counts.values()) == 0
 
         await until(unsubscribed)

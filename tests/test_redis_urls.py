@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,10 +66,16 @@ async def test_password_protected_redis(tmp_path, clients):
     try:
         await assert_two_instances_talk(f"redis://:s3cret-pass@127.0.0.1:{server.port}/0", clients)
         async with running_server(redis_url=f"redis://:wrong@127.0.0.1:{server.port}/0") as srv:
-            status, body = await readyz(srv.url)
-            assert status == 503 and "redis_unreachable" in body["reasons"]
+            _, detail = await health(srv.url)
+            assert detail["redis"]["connected"] is False
+            assert "redis_unreachable" in detail["reasons"]
     finally:
         server.stop()
+
+
+async def health(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as resp:
+        return resp.status, await resp.json()
 
 
 def _tls_files(directory: Path) -> tuple[Path, Path]:
