@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service import keys
+from service.protocol import parse_id
 
 from .helpers import RunningServer, connect, running_server, spawn_service
 
@@ -328,3 +329,170 @@ async def test_a_deaf_instance_reports_itself_not_ready(redis_url, clients):
                 await asyncio.sleep(0.1)
     finally:
         await proxy.close()
+
+
+async def test_server_to_client_ack_crosses_instances(redis_url, clients):
+    """An emit with a callback to a socket on another instance gets the client's answer back
+    (python-socketio's own callback messages; the manager used to publish ``callback: None``)."""
+    async with cluster(redis_url) as (a, b):
+        bob = await connect(b.url, "bob")
+        clients.append(bob)
+        bob.sio.on("quiz", lambda question: {"answer": question * 2})
+        [sid] = list(b.app[keys.NAMESPACE].sessions)
+        answered: asyncio.Future[tuple] = asyncio.get_running_loop().create_future()
+        await a.app[keys.SIO].emit(
+            "quiz", 21, to=sid, callback=lambda *args: answered.set_result(args)
+        )
+        assert await asyncio.wait_for(answered, 5) == ({"answer": 42},)
+
+
+def received_ids(client) -> list[str]:
+    return [m["id"] for m in client.events["message:received"]]
+
+
+async def test_a_short_outage_loses_nothing(own_redis, clients):
+    """Messages sent while Redis is down (shorter than REDIS_OUTAGE_BUFFER_SECONDS) are acked
+    only once stored, then reach every member on every instance, in order, once."""
+    async with cluster(own_redis.url, redis_outage_buffer_seconds=5) as (a, b):
+        alice, carol = await connect(a.url, "alice"), await connect(a.url, "carol")
+        bob = await connect(b.url, "bob")
+        clients += [alice, carol, bob]
+        for client in (alice, carol, bob):
+            assert (await client.call("join:room", "short"))["ok"]
+        first = await alice.call("message:send", {"roomId": "short", "message": "before"})
+        await bob.wait_for("message:received", lambda m: m["id"] == first["id"])
+
+        own_redis.kill()
+        await asyncio.sleep(0.3)
+        sends = [
+            asyncio.create_task(
+                sender.call("message:send", {"roomId": "short", "message": text}, timeout=10)
+            )
+            for sender, text in ((alice, "during-1"), (carol, "during-2"))
+        ]
+        await asyncio.sleep(1.5)
+        assert not any(task.done() for task in sends)  # acks wait for Redis
+        restarted = time.monotonic()
+        own_redis.start()
+        acks = await asyncio.gather(*sends)
+        assert time.monotonic() - restarted < 5
+        assert all(ack["ok"] and "stored" not in ack for ack in acks), acks
+        ids = sorted((ack["id"] for ack in acks), key=parse_id)
+        for client in (alice, carol, bob):
+            for message_id in ids:
+                await client.wait_for("message:received", lambda m, i=message_id: m["id"] == i)
+        await asyncio.sleep(0.3)
+        for client in (alice, carol, bob):
+            assert received_ids(client) == [first["id"], *ids]  # in order, once
+        history = await bob.call("history:get", {"roomId": "short"})
+        # (this Redis keeps nothing across a SIGKILL: only what was stored after it is there)
+        assert [m["id"] for m in history["messages"]] == ids
+
+
+async def test_past_the_buffer_messages_fall_back_to_local_only(own_redis, clients):
+    async with cluster(own_redis.url, count=1, redis_outage_buffer_seconds=1) as (a,):
+        alice, carol = await connect(a.url, "alice"), await connect(a.url, "carol")
+        clients += [alice, carol]
+        for client in (alice, carol):
+            await client.call("join:room", "long")
+        own_redis.kill()
+        started = time.monotonic()
+        ack = await alice.call("message:send", {"roomId": "long", "message": "x"}, timeout=10)
+        waited = time.monotonic() - started
+        assert ack["ok"] and ack["stored"] is False
+        assert 0.5 < waited < 3  # held for the window, then local-only
+        got = await carol.wait_for("message:received")
+        assert got["id"] == ack["id"]
+        # the outage is older than the window now: no more waiting
+        started = time.monotonic()
+        later = await alice.call("message:send", {"roomId": "long", "message": "y"})
+        assert later["stored"] is False and time.monotonic() - started < 0.5
+
+
+async def test_a_message_missed_on_pubsub_is_delivered_without_reconnecting(redis_url, clients):
+    """An instance whose subscriber missed a publish delivers the message to its members once
+    it hears the next one (which names the entry before it) — in order, once."""
+    async with cluster(redis_url) as (a, b):
+        alice = await connect(a.url, "alice")
+        bob = await connect(b.url, "bob")
+        clients += [alice, bob]
+        for client in (alice, bob):
+            await client.call("join:room", "gap")
+        first = await alice.call("message:send", {"roomId": "gap", "message": "1"})
+        await bob.wait_for("message:received", lambda m: m["id"] == first["id"])
+        # stored, but its publish lost (as while a subscriber reconnects)
+        history = a.app[keys.STORES].history
+        lost = await history.post(
+            "gap", {"roomId": "gap", "userId": "x", "message": "lost", "timestamp": 1}, nonce="n1"
+        )
+        sid = bob.sio.sid
+        third = await alice.call("message:send", {"roomId": "gap", "message": "3"})
+        expected = [first["id"], lost.message["id"], third["id"]]
+        for client in (alice, bob):
+            await client.wait_for("message:received", lambda m: m["id"] == third["id"])
+            await asyncio.sleep(0.2)
+            assert received_ids(client) == expected
+        assert bob.sio.sid == sid  # same connection
+
+
+async def test_messages_published_while_deaf_arrive_after_resubscribe(redis_url, clients):
+    from .faultproxy import FaultProxy
+
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = await FaultProxy(port).start()
+    try:
+        async with (
+            running_server(redis_url=redis_url, instance_id="a") as a,
+            running_server(redis_url=proxy.url, instance_id="b") as b,
+        ):
+            alice = await connect(a.url, "alice")
+            bob = await connect(b.url, "bob")
+            clients += [alice, bob]
+            for client in (alice, bob):
+                await client.call("join:room", "deaf")
+            first = await alice.call("message:send", {"roomId": "deaf", "message": "1"})
+            await bob.wait_for("message:received", lambda m: m["id"] == first["id"])
+            proxy.mute_subscribers()
+            missed = [
+                (await alice.call("message:send", {"roomId": "deaf", "message": m}))["id"]
+                for m in ("2", "3")
+            ]
+            await asyncio.sleep(0.3)
+            assert received_ids(bob) == [first["id"]]
+            proxy.restore()  # the listener reconnects, resubscribes and looks for gaps
+            await bob.wait_for("message:received", lambda m: m["id"] == missed[-1], timeout=5)
+            await asyncio.sleep(0.2)
+            assert received_ids(bob) == [first["id"], *missed]
+    finally:
+        await proxy.close()
+
+
+async def test_wait_replicas_acks_say_when_replication_timed_out(own_redis, tmp_path, clients):
+    from .redis_server import RedisServer
+
+    replica = RedisServer(
+        tmp_path / "replica", None, "--replicaof", "127.0.0.1", str(own_redis.port)
+    ).start()
+    try:
+        client = aioredis.Redis.from_url(replica.url)
+        try:
+            while (await client.info("replication")).get("master_link_status") != "up":
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        async with cluster(own_redis.url, count=1, redis_wait_replicas=1) as (a,):
+            alice = await connect(a.url, "alice")
+            clients.append(alice)
+            await alice.call("join:room", "safe")
+            ack = await alice.call("message:send", {"roomId": "safe", "message": "on 1"})
+            assert ack["ok"] and "replicated" not in ack and "stored" not in ack
+        async with cluster(own_redis.url, count=1, redis_wait_replicas=2) as (a,):
+            alice = await connect(a.url, "alice")
+            clients.append(alice)
+            await alice.call("join:room", "safe")
+            started = time.monotonic()
+            ack = await alice.call("message:send", {"roomId": "safe", "message": "on 2?"})
+            assert ack["ok"] and ack["replicated"] is False  # only one replica exists
+            assert time.monotonic() - started < 2  # the wait is bounded
+    finally:
+        replica.stop()
