@@ -244,7 +244,8 @@ async def test_redis_restart_mid_traffic(own_redis, clients, tmp_path):
         own_redis.workdir, own_redis.port, "--appendonly", "yes", "--appendfsync", "always"
     ).start()
     try:
-        async with cluster(durable.url) as (a, b):
+        # a 1 s outage buffer: this outage (4.5 s) is past it, messages go local-only
+        async with cluster(durable.url, redis_outage_buffer_seconds=1) as (a, b):
             sender = await connect(a.url, "alice")
             local = await connect(a.url, "carol")
             remote = await connect(b.url, "bob")

@@ -121,6 +121,8 @@ class RedisManager(AsyncPubSubManager, LocalManager):
         self._confirmed: dict[str, asyncio.Event] = {}
         self._heard_at = time.monotonic()
         self._sent_at = 0.0
+        self._down_at = 0.0
+        self._listening_since = 0.0
         self._sweeps: set[asyncio.Task[Any]] = set()
 
     @property
@@ -132,7 +134,29 @@ class RedisManager(AsyncPubSubManager, LocalManager):
     def available(self, value: bool) -> None:
         if value and not self._available:
             self.back_at = time.monotonic()
+        elif not value and self._available:
+            self._down_at = time.monotonic()
         self._available = value
+
+    @property
+    def listener_outdated(self) -> bool:
+        """The subscriber connection may be on a server that is no longer the master: it was
+        opened before the last outage (a frozen master keeps its TCP connections silent), or
+        Redis answers but our heartbeats have not come back for half the deafness limit."""
+        if not self.listening or not self.available:
+            return False
+        if self._listening_since < self._down_at:
+            return True
+        half = max(3 * self.heartbeat_seconds, 2.0) / 2
+        last = max(self._heard_at, self.back_at, self._listening_since)
+        return self._sent_at - last > half
+
+    async def reconnect_listener(self) -> None:
+        """Drop the subscriber connection: the listener reconnects (asking Sentinel for the
+        master again), resubscribes, and the sequencer delivers what it missed."""
+        log.info("pubsub reconnect forced", extra={"event": "pubsub_reconnect"})
+        self.listening = False
+        await self._close_pubsub()
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -254,6 +278,7 @@ class RedisManager(AsyncPubSubManager, LocalManager):
 
     def _now_listening(self) -> None:
         self.listening = True
+        self._listening_since = time.monotonic()
         log.info("pubsub listening", extra={"event": "pubsub_listening"})
         self.sweep_soon()
 
@@ -349,7 +374,9 @@ class RedisManager(AsyncPubSubManager, LocalManager):
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         readers, self._readers = self._readers, {}
-        self._inbox = None
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            inbox.put_nowait(ConnectionError("pubsub closed"))  # wakes the sharded listener
         for reader in readers.values():
             reader.cancel()
         for event in self._confirmed.values():

@@ -67,6 +67,8 @@ class RedisMonitor:
                 extra={"event": "redis_up" if self.up else "redis_down"},
             )
         if self.up:
+            if self.manager.listener_outdated:
+                await self.manager.reconnect_listener()
             await self.manager.heartbeat()
         self.metrics.pubsub_deaf.set(1 if self.manager.deaf else 0)
 
