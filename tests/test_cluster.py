@@ -245,7 +245,7 @@ async def test_redis_restart_mid_traffic(own_redis, clients, tmp_path):
     ).start()
     try:
         # a 1 s outage buffer: this outage (4.5 s) is past it, messages go local-only
-        async with cluster(durable.url, redis_outage_buffer_seconds=1) as (a, b):
+        async with cluster(durable.url, redis_outage_buffer_seconds=1, ping_timeout=20) as (a, b):
             sender = await connect(a.url, "alice")
             local = await connect(a.url, "carol")
             remote = await connect(b.url, "bob")
@@ -354,7 +354,7 @@ def received_ids(client) -> list[str]:
 async def test_a_short_outage_loses_nothing(own_redis, clients):
     """Messages sent while Redis is down (shorter than REDIS_OUTAGE_BUFFER_SECONDS) are acked
     only once stored, then reach every member on every instance, in order, once."""
-    async with cluster(own_redis.url, redis_outage_buffer_seconds=5) as (a, b):
+    async with cluster(own_redis.url, redis_outage_buffer_seconds=5, ping_timeout=20) as (a, b):
         alice, carol = await connect(a.url, "alice"), await connect(a.url, "carol")
         bob = await connect(b.url, "bob")
         clients += [alice, carol, bob]
@@ -391,7 +391,8 @@ async def test_a_short_outage_loses_nothing(own_redis, clients):
 
 
 async def test_past_the_buffer_messages_fall_back_to_local_only(own_redis, clients):
-    async with cluster(own_redis.url, count=1, redis_outage_buffer_seconds=1) as (a,):
+    settings = {"redis_outage_buffer_seconds": 1, "ping_timeout": 20}
+    async with cluster(own_redis.url, count=1, **settings) as (a,):
         alice, carol = await connect(a.url, "alice"), await connect(a.url, "carol")
         clients += [alice, carol]
         for client in (alice, carol):

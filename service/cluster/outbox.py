@@ -15,6 +15,9 @@ every retry carries the first try's nonce and the script returns the stored entr
 storing it twice. Retries start only after a PING answered, i.e. after Redis processed
 whatever was already in its sockets.
 
+The window is also kept below ``PING_TIMEOUT - REDIS_TIMEOUT_SECONDS - 1``: while a client's
+ack is held, its next packets (pongs included) wait behind it.
+
 ``REDIS_WAIT_REPLICAS=N``: the script is followed by ``WAIT N`` on the same connection in the
 same round trip; an ack whose wait timed out says ``replicated: false``.
 """
@@ -70,7 +73,12 @@ class Outbox:
     def __init__(self, history: RedisHistory, manager: RedisManager, settings: Settings) -> None:
         self.history = history
         self.manager = manager
-        self.window = settings.redis_outage_buffer_seconds
+        # a held ack holds that client's next packets too (one client's events are handled
+        # in order), its pongs included: the connection must not hit PING_TIMEOUT meanwhile
+        self.window = min(
+            settings.redis_outage_buffer_seconds,
+            max(0.0, settings.ping_timeout - settings.redis_timeout_seconds - 1),
+        )
         # WAIT counts the writes of the connection it is sent on: a cluster pipeline does not
         # promise one connection, so replicas are not awaited on Redis Cluster
         self.wait_replicas = 0 if manager.sharded else settings.redis_wait_replicas
@@ -91,6 +99,7 @@ class Outbox:
         in time (the caller delivers locally and acks ``stored: false``)."""
         nonce = self.history.nonce()
         tried_at: int | None = None
+        began = time.monotonic()  # a failed try's time counts against the window
         if not self._queue and self.manager.available:
             tried_at = _now_ms()
             try:
@@ -101,7 +110,7 @@ class Outbox:
                 log.warning(
                     "store failed, buffering", extra={"event": "redis_outage", "error": str(exc)}
                 )
-        return await self._buffer(_Pending(room_id, message, nonce, 0, tried_at))
+        return await self._buffer(_Pending(room_id, message, nonce, 0, tried_at), began)
 
     async def _store(
         self, room_id: str, message: Message, nonce: str, tried_at_ms: int | None
@@ -131,9 +140,9 @@ class Outbox:
             self._outage_since = since = now
         return since
 
-    async def _buffer(self, pending: _Pending) -> Ack:
+    async def _buffer(self, pending: _Pending, began: float) -> Ack:
         now = time.monotonic()
-        deadline = self._outage_start(now) + self.window
+        deadline = self._outage_start(began) + self.window
         pending.size = len(pending.message.get("message", "")) + 256
         if (
             now >= deadline
