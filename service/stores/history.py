@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from ..protocol import parse_id
 from .link import REDIS_ERRORS, RedisLink
@@ -176,8 +176,6 @@ end
 return {id, prev, 0}
 """
 
-OOM_PREFIX = "OOM"
-
 
 class RedisHistory:
     """History in one Redis Stream per room: capped at ``size``, expired after ``ttl`` idle."""
@@ -329,10 +327,8 @@ def _unavailable_on_error() -> Iterator[None]:
     """Redis failures (refused, timed out, out of memory) become ``HistoryUnavailable``."""
     try:
         yield
-    except ResponseError as exc:
-        if str(exc).startswith(OOM_PREFIX):
-            raise HistoryFull(str(exc)) from exc
-        raise HistoryUnavailable(str(exc)) from exc
+    except OutOfMemoryError as exc:
+        raise HistoryFull(str(exc)) from exc
     except REDIS_ERRORS as exc:
         raise HistoryUnavailable(str(exc)) from exc
 
