@@ -260,7 +260,10 @@ class RedisManager(AsyncPubSubManager, LocalManager):
                     if decoded is None:
                         continue
                     if decoded.get("method") == "stored":
-                        await self._stored(decoded)
+                        try:
+                            await self._stored(decoded)
+                        except Exception:  # a delivery bug must not look like a lost link
+                            log.exception("stored message not delivered")
                     else:
                         yield decoded
                 raise ConnectionError("pubsub stream ended")
@@ -407,6 +410,8 @@ class RedisManager(AsyncPubSubManager, LocalManager):
         return self.available and self._sent_at - max(self._heard_at, self.back_at) > limit
 
     async def close(self) -> None:
+        for sweep in list(self._sweeps):
+            sweep.cancel()
         if self.thread is not None:
             self.thread.cancel()
             with contextlib.suppress(BaseException):
