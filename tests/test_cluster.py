@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -498,3 +499,58 @@ async def test_wait_replicas_acks_say_when_replication_timed_out(own_redis, tmp_
             assert time.monotonic() - started < 2  # the wait is bounded
     finally:
         replica.stop()
+
+
+async def test_a_retry_finds_the_first_try_instead_of_storing_twice(redis_url):
+    """A try that timed out may still run (a frozen Redis resumes): the retry carries the same
+    nonce and gets the stored entry back, without writing or publishing again."""
+    async with cluster(redis_url, count=1) as (a,):
+        history = a.app[keys.STORES].history
+        manager = a.app[keys.SIO].manager
+        channel = manager.channel_for("room:twice")
+        listener = aioredis.Redis.from_url(redis_url)
+        pubsub = listener.pubsub()
+        await pubsub.subscribe(channel)
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        message = {"roomId": "twice", "userId": "u", "message": "m", "timestamp": 1}
+        tried_at = int(time.time() * 1000)
+        first = await history.post("twice", message, nonce="n-1", channel=channel)
+        again = await history.post(
+            "twice", message, nonce="n-1", channel=channel, dedupe_from_ms=tried_at - 5000
+        )
+        other = await history.post(
+            "twice", message, nonce="n-2", channel=channel, dedupe_from_ms=tried_at - 5000
+        )
+        try:
+            assert again.duplicate and again.message["id"] == first.message["id"]
+            assert not other.duplicate and other.prev == first.message["id"]
+            assert await listener.xlen("sio:history:{twice}") == 2
+            published = []
+            while (got := await pubsub.get_message(timeout=0.3)) is not None:
+                published.append(json.loads(got["data"])["id"])
+            assert published == [first.message["id"], other.message["id"]]
+        finally:
+            await pubsub.aclose()
+            await listener.aclose()
+
+
+async def test_the_outage_buffer_is_bounded(own_redis, clients, monkeypatch):
+    from service.cluster import outbox
+
+    monkeypatch.setattr(outbox, "MAX_BUFFERED_MESSAGES", 1)
+    async with cluster(own_redis.url, count=1, ping_timeout=20) as (a,):
+        alice, carol = await connect(a.url, "alice"), await connect(a.url, "carol")
+        clients += [alice, carol]
+        for client in (alice, carol):
+            await client.call("join:room", "full")
+        own_redis.kill()
+        held = asyncio.create_task(
+            alice.call("message:send", {"roomId": "full", "message": "held"}, timeout=10)
+        )
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        refused = await carol.call("message:send", {"roomId": "full", "message": "no room"})
+        assert refused["stored"] is False and time.monotonic() - started < 0.5
+        own_redis.start()
+        ack = await held
+        assert ack["ok"] and "stored" not in ack  # the one buffered message was stored

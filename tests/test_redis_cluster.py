@@ -145,6 +145,8 @@ def test_multi_key_operations_stay_in_one_slot(room: str) -> None:
     stream = f"sio:history:{{{room}}}"
     assert key_slot(stream.encode()) == key_slot(f"{stream}:dropped".encode())
     assert key_slot(stream.encode()) == key_slot(f"sio:presence:{{{room}}}".encode())
+    # the store+publish script publishes on the room's channel: the same slot again
+    assert key_slot(stream.encode()) == key_slot(f"sio:socketio#room:{{{room}}}".encode())
 
 
 async def test_two_instances_share_everything_through_the_cluster(redis_cluster, clients):
