@@ -78,7 +78,7 @@ def create_app(
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
     if isinstance(manager, RedisManager) and isinstance(stores.history, RedisHistory):
-        manager.sequencer = Sequencer(stores.history, deliver_to_room(manager.deliver))
+        manager.sequencer = Sequencer(stores.history, deliver_to_room(namespace.emit))
         namespace.poster = Outbox(stores.history, manager, settings)
     sio.attach(app)
     install_guard(app, sio, settings, metrics.registry)

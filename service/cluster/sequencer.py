@@ -146,12 +146,12 @@ def _newer(message_id: str, than: tuple[int, int]) -> bool:
         return False
 
 
-def deliver_to_room(
-    emit: Callable[[str, object, str, str, object, str], Awaitable[int]],
-) -> Deliver:
-    """Adapt a manager's ``deliver(event, data, namespace, room, skip_sid, scope)``."""
+def deliver_to_room(emit: Callable[..., Awaitable[object]]) -> Deliver:
+    """Deliver through a namespace's ``emit`` to this instance's members only
+    (``ignore_queue``: the store script already published it to the other instances), so a
+    stored message reaches sockets exactly like any other emit of that namespace."""
 
     async def deliver(room_id: str, message: Message) -> None:
-        await emit(MESSAGE_RECEIVED, message, "/", room_channel(room_id), None, "local")
+        await emit(MESSAGE_RECEIVED, message, room=room_channel(room_id), ignore_queue=True)
 
     return deliver
