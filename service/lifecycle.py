@@ -80,10 +80,10 @@ async def _shut_down_client(namespace: ChatNamespace, sid: str) -> None:
 async def drain(app: web.Application) -> None:
     """Refuse new handshakes, wait for endpoints to update, then disconnect in batches.
 
-    DESIGN §7: readiness is 503 at once; after ``SHUTDOWN_DELAY_SECONDS`` (load balancers
-    stop sending new connections) each client gets ``server:shutdown`` and is disconnected,
-    in batches spread evenly over ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other
-    replicas as a trickle, not a herd.
+    The drain of docs/protocol.md: readiness is 503 at once; after
+    ``SHUTDOWN_DELAY_SECONDS`` (load balancers stop sending new connections) each client gets
+    ``server:shutdown`` and is disconnected, in batches spread evenly over
+    ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other replicas as a trickle, not a herd.
     """
     settings = app[keys.SETTINGS]
     namespace = app[keys.NAMESPACE]

@@ -1,4 +1,4 @@
-"""The wire protocol of DESIGN §3: event names, error codes and payload validation.
+"""The wire protocol (docs/protocol.md): event names, error codes and payload validation.
 
 Validation never coerces: a room id must already be a string of the allowed characters.
 """
