@@ -145,7 +145,11 @@ def test_port_in_use_is_one_line_and_a_non_zero_exit():
 def test_unreachable_redis_at_startup_is_logged_once_without_the_password():
     dead = free_port()
     proc = spawn_service(
-        env={"REDIS_URL": f"redis://:hunter2-secret@127.0.0.1:{dead}/0", "LOG_FORMAT": "text"}
+        env={
+            "REDIS_URL": f"redis://:hunter2-secret@127.0.0.1:{dead}/0",
+            "LOG_FORMAT": "text",
+            "SHUTDOWN_DELAY_SECONDS": "0",
+        }
     )
     time.sleep(1.5)  # a few monitor rounds: still one line
     assert proc.stop() == 0
@@ -156,10 +160,13 @@ def test_unreachable_redis_at_startup_is_logged_once_without_the_password():
     assert "hunter2" not in out
 
 
+NO_DELAY = ("--shutdown-delay-seconds", "0")
+
+
 def dev_banner(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     """Start ``--dev`` and return the process with its banner (up to the "connect with" line)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--dev", "--port", str(free_port())],
+        [sys.executable, "-m", "service", "--dev", "--port", str(free_port()), *NO_DELAY],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
