@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 
 from .config import HMAC_ALGORITHMS, Settings
+from .protocol import valid_user_id
 
 MAX_TOKEN_BYTES = 8192
 
@@ -67,7 +68,7 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 256:
+        if not valid_user_id(sub):
             raise AuthError("invalid token subject")
         return Claims(user_id=sub, expires_at=float(claims["exp"]))
 

@@ -7,8 +7,10 @@ readiness can answer 503 and late handshakes get a ``draining`` refusal, not a r
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,10 +80,10 @@ async def _shut_down_client(namespace: ChatNamespace, sid: str) -> None:
 async def drain(app: web.Application) -> None:
     """Refuse new handshakes, wait for endpoints to update, then disconnect in batches.
 
-    DESIGN §7: readiness is 503 at once; after ``SHUTDOWN_DELAY_SECONDS`` (load balancers
-    stop sending new connections) each client gets ``server:shutdown`` and is disconnected,
-    in batches spread evenly over ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other
-    replicas as a trickle, not a herd.
+    The drain of docs/protocol.md: readiness is 503 at once; after
+    ``SHUTDOWN_DELAY_SECONDS`` (load balancers stop sending new connections) each client gets
+    ``server:shutdown`` and is disconnected, in batches spread evenly over
+    ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other replicas as a trickle, not a herd.
     """
     settings = app[keys.SETTINGS]
     namespace = app[keys.NAMESPACE]
@@ -148,17 +150,37 @@ async def monitor_event_loop(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
 
 
+class BindError(Exception):
+    """The listen address cannot be bound (in use, not ours, no permission); the message is
+    one line for the operator, naming the setting to change."""
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> BindError:
+    # asyncio's own message repeats the address; the errno's text alone is the reason
+    known = isinstance(exc.errno, int) and exc.errno > 0
+    reason = (os.strerror(exc.errno) if known else exc.strerror or str(exc)).lower()
+    if exc.errno == errno.EADDRINUSE:
+        return BindError(f"PORT {port}: {reason}")
+    return BindError(f"HOST {host}, PORT {port}: {reason}")
+
+
 async def serve(
     app: web.Application, on_started: Callable[[str], Awaitable[None] | None] | None = None
 ) -> None:
-    """Serve ``app`` until a stop signal, drain it, then clean up and return."""
+    """Serve ``app`` until a stop signal, drain it, then clean up and return.
+
+    Raises :class:`BindError` (after cleaning up) when the address cannot be bound."""
     settings = app[keys.SETTINGS]
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_SECONDS
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise _bind_error(settings.host, settings.port, exc) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,4 +1,4 @@
-"""The wire protocol of DESIGN §3: event names, error codes and payload validation.
+"""The wire protocol (docs/protocol.md): event names, error codes and payload validation.
 
 Validation never coerces: a room id must already be a string of the allowed characters.
 """
@@ -69,6 +69,12 @@ DISCONNECT_REASONS = {
 ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_USER_ID_CHARS = 256
 DEFAULT_HISTORY_LIMIT = 50
+
+
+def valid_user_id(value: object) -> bool:
+    """The rule for a user id (a token's ``sub``, a private message's target): a non-empty
+    string of at most :data:`MAX_USER_ID_CHARS` characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_CHARS
 
 
 def parse_id(value: object) -> tuple[int, int]:
@@ -186,7 +192,7 @@ class PrivateMessage:
 def private_message(payload: object, max_bytes: int) -> PrivateMessage:
     data = _object(payload, "targetUserId", "message")
     target = data["targetUserId"]
-    if not isinstance(target, str) or not target or len(target) > MAX_USER_ID_CHARS:
+    if not valid_user_id(target):
         raise EventError("invalid_payload", "targetUserId must be a non-empty string")
     return PrivateMessage(target, message_text(data["message"], max_bytes))
 

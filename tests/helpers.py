@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
@@ -43,6 +43,14 @@ def require_tool(name: str, hint: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{name} is required in CI: {hint}")
     pytest.skip(f"{name} not installed: {hint}")
+
+
+def tool_cannot(name: str, reason: str, hint: str) -> NoReturn:
+    """The installed tool cannot do this test's job (e.g. a Redis built without TLS): a
+    failure under CI, where the full tool must be installed, a skip with the reason elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} {reason}; CI needs the full tool: {hint}")
+    pytest.skip(f"{name} {reason}: {hint}")
 
 
 def token(user: str = "alice", ttl: float = 3600, secret: str = SECRET) -> str:

@@ -116,3 +116,29 @@ async def test_interactive_session_prints_the_room_and_sends_stdin(server):
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert proc.stderr is not None
         assert "not_in_room" in (await proc.stderr.read()).decode()
+
+
+async def test_a_url_without_scheme_is_a_usage_error_naming_the_fix():
+    code, out, err = await run_chat(["--url", "127.0.0.1:3002", "--token", token(), "--once", "x"])
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: --url 127.0.0.1:3002: the URL needs http:// or https:// "
+        "(e.g. http://127.0.0.1:3000)\n"
+    )
+
+
+async def test_unknown_and_incomplete_commands_answer_in_one_line(server):
+    code, out, err = await run_chat(
+        ["--url", server.url, "--room", "cmds"],
+        stdin=b"/bogus\n/join\n/help\n/quit\n",
+        env={"CHAT_TOKEN": token("alice")},
+    )
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("* talking in cmds"))
+    assert lines[start + 1 : start + 4] == [
+        "unknown command /bogus, try /help",
+        "usage: /join ROOM",
+        "commands:",
+    ]
+    assert any(line.strip().startswith("/msg USER TEXT") for line in lines[start + 4 :])

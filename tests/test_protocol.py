@@ -1,4 +1,5 @@
-"""Every row of the protocol table (DESIGN §3) against a real server and python-socketio clients."""
+"""Every row of the events table (docs/protocol.md#events) against a real server and
+python-socketio clients."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ SEEN_IDS_PER_ROOM = 4096
 
 
 class ChatError(Exception):
-    """Any failure, with the ``{code, message}`` of DESIGN §3 or a client-side code."""
+    """Any failure, with the ``{code, message}`` of docs/protocol.md or a client-side code."""
 
     def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(f"{code}: {message}")

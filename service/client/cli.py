@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from .. import protocol as p
 from .chat_client import (
@@ -42,6 +43,7 @@ EXIT_UNREACHABLE = 4
 TOKEN_ENV = "CHAT_TOKEN"
 
 HELP = """commands:
+  /help              this list
   /who               who is in the room
   /history [N]       the last N messages of the room
   /join ROOM         join another room (messages you type still go to the current room)
@@ -50,6 +52,26 @@ HELP = """commands:
   /msg USER TEXT     a private message
   /typing            tell the room you are typing (stops with your next message)
   /quit              leave (so does end of input)"""
+
+
+USAGES = {
+    "join": "/join ROOM",
+    "room": "/room ROOM",
+    "leave": "/leave ROOM",
+    "msg": "/msg USER TEXT",
+}
+"""Commands that need arguments: a bare ``/join`` answers with its usage line."""
+
+URL_SCHEMES = ("http", "https", "ws", "wss")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a server, or None. Without a scheme, python-socketio would
+    build a ``ws:///socket.io/`` URL and fail with a message that names neither."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in URL_SCHEMES or not parts.netloc:
+        return f"--url {url}: the URL needs http:// or https:// (e.g. http://127.0.0.1:3000)"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,8 +259,12 @@ class Session:
         elif name == "typing":
             await self.client.typing_start(self.room)
             self.typing = True
-        else:
+        elif name == "help":
             self.printer.line(HELP)
+        elif name in USAGES:
+            self.printer.line(f"usage: {USAGES[name]}")
+        else:
+            self.printer.line(f"unknown command /{name}, try /help")
         return True
 
 
@@ -322,6 +348,11 @@ def main(argv: Sequence[str]) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    for url in args.url:
+        problem = url_problem(url)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     token = args.token or os.environ.get(TOKEN_ENV, "")
     if not token:
         print(

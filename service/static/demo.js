@@ -1,4 +1,4 @@
-// The dev demo: the official socket.io client against the service's protocol (DESIGN §3).
+// The dev demo: the official socket.io client against the service's protocol (docs/protocol.md).
 // After a reconnect it rejoins with `since` = the last id it saw, merges `missed` with any
 // live message that raced the ack, and shows each message once, in id order.
 // `window.demo` exposes the page's state so a test (or you, in the console) can watch it.

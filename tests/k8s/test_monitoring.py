@@ -21,7 +21,7 @@ DASHBOARD = K8S / "base" / "dashboards" / "socketio-service.json"
 RULE_TESTS = Path(__file__).parent / "alerts" / "socketio-service.rules.test.yaml"
 GRAFANA = Path(__file__).parent / "grafana"
 
-# DESIGN §5, plus the two gauges the service adds and the default process collector.
+# docs/protocol.md#metrics (the service's metrics) and the default process collector.
 COUNTERS = {
     "socketio_connections_total",
     "socketio_connect_errors_total",
