@@ -29,7 +29,7 @@ NAMESPACE = "realtime"
 KUBE_VERSIONS = ("1.30.0", "latest")
 # Custom resources have no schema in kubernetes-validate: only these groups may be skipped
 # (removed core APIs raise the same SchemaNotFoundError and must fail).
-CRD_GROUPS = frozenset({"monitoring.coreos.com", "gateway.networking.k8s.io"})
+CRD_GROUPS = frozenset({"monitoring.coreos.com", "gateway.networking.k8s.io", "keda.sh"})
 VALUE_SETS = (
     "default",
     *sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")),
