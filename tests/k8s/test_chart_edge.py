@@ -277,7 +277,7 @@ def test_keda_owns_the_autoscaler() -> None:
     assert cpu == {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
     assert prom["type"] == "prometheus" and prom["metricType"] == "AverageValue"
     assert prom["metadata"]["serverAddress"] == "http://prometheus-operated.monitoring.svc:9090"
-    assert prom["metadata"]["threshold"] == "2000"
+    assert prom["metadata"]["threshold"] == "5000"
     assert prom["metadata"]["query"] == (
         'sum(socketio_connected_clients{namespace="realtime",service="chat-socketio-service"})'
     )
