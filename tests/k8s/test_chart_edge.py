@@ -22,6 +22,7 @@ from k8s_bundle import (
     one,
     parse,
     render,
+    validate_strict,
     values_for,
 )
 
@@ -418,3 +419,12 @@ def test_adapter_rule_is_the_same_in_both_files() -> None:
     hpa = one(objects_for("full"), "HorizontalPodAutoscaler")
     [pods] = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert pods["pods"]["metric"]["name"] == rule["name"]["as"]
+
+
+def test_strict_validation_covers_the_httproute() -> None:
+    """Every value set's HTTPRoute goes through the CRD check of validate_strict (which the
+    general validation test runs for every object), so a bad route cannot hide there."""
+    route = one(objects_for("gateway"), "HTTPRoute")
+    route["spec"]["rules"][0]["timeouts"]["request"] = "3600000s"
+    with pytest.raises(AssertionError, match="does not match"):
+        validate_strict(route)
