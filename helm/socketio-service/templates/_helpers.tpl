@@ -131,3 +131,56 @@ fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* ---- Edge (ingress, Gateway API, TLS) and monitoring glue ---- */}}
+
+{{/* Seconds as a Gateway API duration: hours, minutes, seconds, each at most 5 digits (172800 -> 48h, 90 -> 1m30s, 0 -> 0s). */}}
+{{- define "socketio-service.gatewayDuration" -}}
+{{- $s := int . -}}
+{{- if eq $s 0 -}}0s{{- else -}}
+{{- $h := div $s 3600 -}}{{- $m := div (mod $s 3600) 60 -}}{{- $sec := mod $s 60 -}}
+{{- if $h }}{{ $h }}h{{ end }}{{ if $m }}{{ $m }}m{{ end }}{{ if $sec }}{{ $sec }}s{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True when the Ingress serves TLS: a Secret and a host (TLS without a host is refused by the schema). */}}
+{{- define "socketio-service.ingressTLS" -}}
+{{- if and .Values.ingress.enabled .Values.ingress.tlsSecretName .Values.ingress.host -}}true{{- end -}}
+{{- end -}}
+
+{{/* The affinity cookie is Secure when asked or whenever the Ingress serves TLS. */}}
+{{- define "socketio-service.cookieSecure" -}}
+{{- if or .Values.stickySessions.cookieSecure (include "socketio-service.ingressTLS" .) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* Grafana dashboard uid: dashboard.uid, or one per namespace/release (Grafana allows 40 characters). */}}
+{{- define "socketio-service.dashboardUid" -}}
+{{- if .Values.dashboard.uid -}}
+{{- .Values.dashboard.uid -}}
+{{- else -}}
+{{- $id := printf "%s-%s" .Release.Namespace .Release.Name -}}
+{{- if le (len $id) 40 -}}{{ $id }}{{- else -}}{{ printf "%s-%s" ($id | trunc 31 | trimSuffix "-") (sha256sum $id | trunc 8) }}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Connected clients of this release's pods, summed: what KEDA divides by the replica count. The prometheus-adapter rule asks the same per pod. */}}
+{{- define "socketio-service.connectionsQuery" -}}
+sum(socketio_connected_clients{namespace="{{ .Release.Namespace }}",service="{{ include "socketio-service.fullname" . }}"})
+{{- end -}}
+
+{{/* Scaling behaviour shared by the HPA and KEDA's ScaledObject. */}}
+{{- define "socketio-service.hpaBehavior" -}}
+scaleUp:
+  stabilizationWindowSeconds: 0
+  policies:
+    - type: Percent
+      value: 100
+      periodSeconds: 60
+scaleDown:
+  # Damped: every removed pod disconnects its websockets, so shrink slowly.
+  stabilizationWindowSeconds: {{ .Values.autoscaling.scaleDownStabilizationSeconds }}
+  policies:
+    - type: Pods
+      value: {{ .Values.autoscaling.scaleDownPodsPerMinute }}
+      periodSeconds: 60
+{{- end -}}
