@@ -76,7 +76,7 @@ def create_app(
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
     sio.attach(app)
-    install_guard(app, sio, settings, metrics.registry)
+    guard = install_guard(app, sio, settings, metrics.registry)
 
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
@@ -84,7 +84,7 @@ def create_app(
     app[keys.GATE] = gate
     app[keys.SIO] = sio
     app[keys.NAMESPACE] = namespace
-    app[keys.READINESS_CHECKS] = []
+    app[keys.READINESS_CHECKS] = [guard.not_ready_reason]
     app[keys.STARTED_AT] = time.monotonic()
 
     metrics.connected_clients.set_function(lambda: len(namespace.sessions))

@@ -416,3 +416,127 @@ def test_handshake_buckets_refill_and_stay_bounded() -> None:
     for n in range(3):
         limiter.take(f"x{n}", now=100)
     assert len(limiter) <= 5
+
+
+# -- sessions that dodge the handshake limits ------------------------------------------------
+
+
+async def raw_handshake(http: aiohttp.ClientSession, url: str, query: str, xff: str) -> int:
+    """A polling handshake with an arbitrary query tail (``sid=``, ``sid``...)."""
+    headers = {"X-Forwarded-For": xff}
+    async with http.get(f"{url}/socket.io/?EIO=4&transport=polling&{query}", headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+@pytest.mark.parametrize("query", ["sid=", "sid", "sid=&sid=", "sid=not-a-session"])
+async def test_an_empty_or_unknown_sid_is_a_handshake_and_is_limited(query: str) -> None:
+    """python-engineio drops empty query values, so ``sid=`` starts a new session: it must
+    pay the per-address handshake limit like any handshake, and be counted."""
+    async with running_server(handshake_rate_per_address=1, handshake_burst_per_address=5) as srv:
+        async with aiohttp.ClientSession() as http:
+            statuses = Counter(
+                await asyncio.gather(
+                    *(raw_handshake(http, srv.url, query, "203.0.113.77") for _ in range(40))
+                )
+            )
+            # websocket handshakes too
+            ws_accepted = 0
+            for _ in range(10):
+                try:
+                    ws = await http.ws_connect(
+                        f"{srv.url}/socket.io/?EIO=4&transport=websocket&{query}",
+                        headers={"X-Forwarded-For": "203.0.113.77"},
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status in (400, 429)
+                else:
+                    ws_accepted += 1
+                    await ws.close()
+        held = len(srv.app[keys.SIO].eio.sockets)
+        refused = sample(srv.app, "socketio_handshakes_refused_total", reason="rate_limited")
+    print(f"\n{query!r}: polling {dict(statuses)}, websocket accepted {ws_accepted}, held {held}")
+    assert statuses[200] + ws_accepted <= 5 + 2, (statuses, ws_accepted)
+    assert statuses[429] >= 40 - 7
+    assert refused >= statuses[429]
+    write_report(
+        f"empty-sid-{query.replace('=', '_').replace('&', '+')}",
+        {"attempts": 50, "accepted": statuses[200] + ws_accepted, "held": held},
+    )
+
+
+async def test_closed_sessions_leave_the_session_table_at_once() -> None:
+    async with running_server(handshake_rate_per_address=0) as srv:
+        eio = srv.app[keys.SIO].eio
+        async with aiohttp.ClientSession() as http:
+            raws = [await open_raw(srv.url, "polling", http) for _ in range(20)]
+            assert len(eio.sockets) == 20
+            for raw in raws:
+                await raw.close()  # an Engine.IO CLOSE packet
+            await asyncio.sleep(0.3)
+            # stock: they stay until python-engineio's service task reaches each one
+            assert len(eio.sockets) == 0
+
+
+async def test_readiness_and_a_metric_show_when_every_handshake_would_be_refused() -> None:
+    async with running_server(
+        max_connections=1, handshake_rate_per_address=0, connect_timeout_seconds=60
+    ) as srv:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 200
+            statuses = Counter([await handshake(http, srv.url) for _ in range(1 + SESSION_SLACK)])
+            assert statuses == {200: 1 + SESSION_SLACK}
+            assert await handshake(http, srv.url) == 503
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 503
+                assert "at_session_capacity" in (await resp.json())["reasons"]
+            async with http.get(f"{srv.url}/metrics") as resp:
+                text = await resp.text()
+        assert "socketio_at_capacity 1.0" in text
+        assert f"socketio_engineio_sessions {1 + SESSION_SLACK + 0.0}" in text
+        assert sample(srv.app, "socketio_handshakes_refused_total", reason="overloaded") == 1
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_socket_that_leaves_the_namespace_but_keeps_its_transport_is_closed(
+    transport: str,
+) -> None:
+    """``40`` then ``41``: the namespace forgets the socket, so it must be bounded like a
+    session that never connected (CONNECT_TIMEOUT_SECONDS), or one user holds sessions
+    past MAX_SOCKETS_PER_USER and MAX_CONNECTIONS."""
+    async with running_server(
+        handshake_rate_per_address=0,
+        connect_timeout_seconds=1,
+        max_sockets_per_user=3,
+    ) as srv:
+        eio = srv.app[keys.SIO].eio
+        async with aiohttp.ClientSession() as http:
+            zombies = []
+            for _ in range(3):
+                raw = await open_raw(srv.url, transport, http)
+                await raw.connect({"token": token("zed")})
+                zombies.append(raw)
+            await asyncio.sleep(1.5)  # well connected: past the connect timeout
+            for raw in zombies:
+                await raw.send("41")
+            await asyncio.sleep(0.2)
+            assert len(srv.app[keys.NAMESPACE].sessions) == 0
+            assert len(eio.sockets) == 3
+            started = time.monotonic()
+            for raw in zombies:
+                await raw.drain(8)  # returns early once the server closed it
+            closed_after = time.monotonic() - started
+            assert all(raw.closed for raw in zombies)
+            assert len(eio.sockets) == 0
+            # a zombie that comes back with `40` is counted again (per user, per instance)
+            again = await open_raw(srv.url, transport, http)
+            await again.connect({"token": token("zed")})
+            await again.send("41")
+            await again.connect({"token": token("zed")})
+            assert len(srv.app[keys.NAMESPACE].sessions) == 1
+            await again.close()
+        evicted = sample(srv.app, "socketio_clients_evicted_total", reason="connect_timeout")
+    assert evicted >= 3
+    print(f"\nzombie sessions ({transport}): closed {closed_after:.1f}s after `41`")
+    write_report(f"zombie-{transport}", {"zombies": 3, "closed_after_s": round(closed_after, 1)})
