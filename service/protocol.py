@@ -71,14 +71,43 @@ MAX_USER_ID_CHARS = 256
 DEFAULT_HISTORY_LIMIT = 50
 
 
+MAX_ID_PART = 2**64 - 1
+"""Both halves of a message id are unsigned 64-bit integers (as in a Redis Stream id)."""
+_ID = re.compile(r"([0-9]{1,24})-([0-9]{1,24})")
+
+
 def parse_id(value: object) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else."""
-    if not isinstance(value, str) or len(value) > 48:
+    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else.
+
+    ASCII digits only (``str.isdigit`` also accepts other scripts' digits, which Redis
+    refuses) and each half within the unsigned 64-bit range Redis accepts.
+    """
+    match = _ID.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         raise ValueError("message id must be a string like '1700000000000-0'")
-    ms, sep, seq = value.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit():
-        raise ValueError("message id must be a string like '1700000000000-0'")
-    return int(ms), int(seq)
+    ms, seq = int(match.group(1)), int(match.group(2))
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ValueError("message id out of range (each part below 2^64)")
+    return ms, seq
+
+
+def format_id(ms: int, seq: int) -> str:
+    """The canonical text of an id (no leading zeros)."""
+    return f"{ms}-{seq}"
+
+
+def id_after(ms: int, seq: int) -> tuple[int, int] | None:
+    """The smallest id greater than ``(ms, seq)``; None past the largest possible id."""
+    if seq < MAX_ID_PART:
+        return ms, seq + 1
+    return (ms + 1, 0) if ms < MAX_ID_PART else None
+
+
+def id_before(ms: int, seq: int) -> tuple[int, int] | None:
+    """The largest id smaller than ``(ms, seq)``; None before ``0-0``."""
+    if seq > 0:
+        return ms, seq - 1
+    return (ms - 1, MAX_ID_PART) if ms > 0 else None
 
 
 class EventError(Exception):
@@ -142,12 +171,19 @@ def message_text(value: object, max_bytes: int) -> str:
 
 
 def message_id(value: object, field: str) -> str:
+    """A client's message id, validated to the range Redis accepts, in canonical form."""
     try:
-        parse_id(value)
+        return format_id(*parse_id(value))
     except ValueError as exc:
         raise EventError("invalid_payload", f"{field}: {exc}") from None
-    assert isinstance(value, str)
-    return value
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -188,6 +224,9 @@ def private_message(payload: object, max_bytes: int) -> PrivateMessage:
     target = data["targetUserId"]
     if not isinstance(target, str) or not target or len(target) > MAX_USER_ID_CHARS:
         raise EventError("invalid_payload", "targetUserId must be a non-empty string")
+    if not _utf8(target):
+        # it names a Redis channel in cluster mode: a lone surrogate cannot be encoded
+        raise EventError("invalid_payload", "targetUserId must be valid UTF-8 text")
     return PrivateMessage(target, message_text(data["message"], max_bytes))
 
 

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service import keys
 from service.protocol import CLIENT_EVENTS, ERROR_CODES
 
 from .corpus import Case, all_cases
@@ -507,3 +508,78 @@ async def test_a_client_event_named_like_a_reserved_one_changes_nothing(name: st
             )
             await raw.close()
             await observer.close()
+
+
+# -- client input that reaches Redis -------------------------------------------------------------
+
+BEYOND_REDIS_IDS = {
+    "ms 2^64": "18446744073709551616-0",
+    "seq 2^64": "0-18446744073709551616",
+    "both 2^64": "18446744073709551616-18446744073709551616",
+    "arabic-indic digits": "\u0661\u0662\u0663-0",
+    "fullwidth digits": "\uff11\uff12-0",
+    "superscript": "\u00b2-0",
+    "plus sign": "+1-0",
+    "spaces": " 1-0",
+}
+EDGE_IDS = {
+    "zero": "0-0",
+    "largest": "18446744073709551615-18446744073709551615",
+    "largest ms": "18446744073709551615-0",
+    "leading zeros": "000000000000000000001-000",
+}
+
+
+@pytest.mark.parametrize("mode", ["cluster", "embedded"])
+async def test_every_id_from_a_client_is_validated_before_redis(request, mode: str) -> None:
+    """Ids Redis cannot parse (past 64 bits, other scripts' digits) are the client's
+    fault: ``invalid_payload``, never ``internal``; ids at the edges of the range work."""
+    overrides: dict[str, Any] = {"rate_limit_events": 10**6}
+    if mode == "cluster":
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+    async with running_server(**overrides) as srv:
+        client = await connect(srv.url, "idler")
+        try:
+            assert (await client.call("join:room", "ids"))["ok"]
+            sent = await client.call("message:send", {"roomId": "ids", "message": "m"})
+            assert sent["ok"]
+            for name, bad in BEYOND_REDIS_IDS.items():
+                for ack in (
+                    await client.call("history:get", {"roomId": "ids", "before": bad}),
+                    await client.call("join:room", {"roomId": "ids", "since": bad}),
+                ):
+                    assert ack["ok"] is False, (name, ack)
+                    assert ack["error"]["code"] == "invalid_payload", (name, ack)
+            for name, edge in EDGE_IDS.items():
+                got = await client.call("history:get", {"roomId": "ids", "before": edge})
+                assert got["ok"], (name, got)
+                joined = await client.call("join:room", {"roomId": "ids", "since": edge})
+                assert joined["ok"], (name, joined)
+            before_zero = await client.call("history:get", {"roomId": "ids", "before": "0-0"})
+            assert before_zero["messages"] == []
+            after_all = await client.call(
+                "join:room", {"roomId": "ids", "since": EDGE_IDS["largest"]}
+            )
+            assert after_all["missed"] == []
+            everything = await client.call(
+                "history:get", {"roomId": "ids", "before": EDGE_IDS["largest"]}
+            )
+            assert [m["id"] for m in everything["messages"]] == [sent["id"]]
+            since_zero = await client.call(
+                "join:room", {"roomId": "ids", "since": EDGE_IDS["leading zeros"]}
+            )
+            assert [m["id"] for m in since_zero["missed"]] == [sent["id"]]
+            # a private message to a user id Redis cannot encode as a channel name
+            lone = await client.call("message:private", {"targetUserId": "\ud800", "message": "x"})
+            assert lone["ok"] is False and lone["error"]["code"] == "invalid_payload"
+        finally:
+            await client.close()
+        metrics = srv.app[keys.METRICS].registry
+        internal = sum(
+            s.value
+            for m in metrics.collect()
+            if m.name == "socketio_event_errors"
+            for s in m.samples
+            if s.labels.get("code") == "internal" and s.name.endswith("_total")
+        )
+    assert internal == 0
