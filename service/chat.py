@@ -122,6 +122,12 @@ class ChatNamespace(socketio.AsyncNamespace):
         finally:
             self.metrics.event_duration.labels(event=label).observe(time.perf_counter() - started)
 
+    @property
+    def reply_budget(self) -> int:
+        """Bytes of messages one reply may carry: half the socket's send buffer, so a
+        reply with history never evicts its own client as a slow consumer."""
+        return self.settings.send_buffer_bytes // 2
+
     def _fully_connected(self, sid: str) -> bool:
         return bool(self.server.manager.is_connected(sid, self.namespace))
 
@@ -195,6 +201,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             # joined all the same; the client keeps its `since` and can ask again later
             if request.since is not None:
                 result.update(missed=[], recovered=False)
+        p.bound_reply(result, self.reply_budget)
         await self.emit(p.JOINED_ROOM, room_id, to=sid)
         if new:
             await self.emit(
@@ -294,7 +301,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             messages = await self.stores.history.recent(query.room_id, query.limit, query.before)
         except HistoryUnavailable:
             raise p.EventError("internal", "history is temporarily unavailable") from None
-        return {"roomId": query.room_id, "messages": messages}
+        return p.bound_reply({"roomId": query.room_id, "messages": messages}, self.reply_budget)
 
     async def get_presence(self, sid: str, session: Session, payload: Any) -> Ack:
         room_id = p.room_ref(payload)

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import wirejson
+
 JOIN_ROOM = "join:room"
 LEAVE_ROOM = "leave:room"
 MESSAGE_SEND = "message:send"
@@ -167,7 +169,55 @@ def message_text(value: object, max_bytes: int) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise EventError("invalid_payload", "message must be valid UTF-8 text") from None
+    if CONTROL_CHARS.search(value):
+        # JSON escapes each as six bytes (\u0001): a message would cost six times its size
+        raise EventError(
+            "invalid_payload", "message must not contain control characters (tab, LF, CR are ok)"
+        )
     return value
+
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+"""C0 control characters refused in messages; tab, line feed and carriage return are text."""
+
+
+def json_bytes(value: object) -> int:
+    """What ``value`` costs on the wire and in Redis (UTF-8 JSON, compact)."""
+    return len(wirejson.dumps(value).encode("utf-8"))
+
+
+def fit_bytes(messages: list[Any], budget: int, *, keep: str) -> tuple[list[Any], bool]:
+    """The messages at the ``keep`` end (``"newest"``: the list's tail, ``"oldest"``: its
+    head) whose JSON fits in ``budget`` bytes, at least one; and whether any were cut."""
+    ordered = messages if keep == "oldest" else list(reversed(messages))
+    kept: list[Any] = []
+    used = 0
+    for message in ordered:
+        used += json_bytes(message) + 1
+        if kept and used > budget:
+            break
+        kept.append(message)
+    cut = len(kept) < len(messages)
+    return (kept if keep == "oldest" else kept[::-1]), cut
+
+
+def bound_reply(reply: dict[str, Any], budget: int) -> dict[str, Any]:
+    """Cut the message lists of a reply so it fits the socket's send buffer.
+
+    ``history``/``messages`` keep their newest messages and gain ``more: true`` when some
+    were cut (page back with ``history:get {before: <oldest id>}``); ``missed`` keeps its
+    oldest and gains ``missedMore: true`` (``join:room {since: <last missed id>}`` again).
+    """
+    lists = [key for key in ("history", "messages", "missed") if reply.get(key)]
+    if not lists:
+        return reply
+    share = max(1, budget // len(lists))
+    for key in lists:
+        kept, cut = fit_bytes(reply[key], share, keep="oldest" if key == "missed" else "newest")
+        if cut:
+            reply[key] = kept
+            reply["missedMore" if key == "missed" else "more"] = True
+    return reply
 
 
 def message_id(value: object, field: str) -> str:

@@ -583,3 +583,152 @@ async def test_every_id_from_a_client_is_validated_before_redis(request, mode: s
             if s.labels.get("code") == "internal" and s.name.endswith("_total")
         )
     assert internal == 0
+
+
+# -- escaping amplification ------------------------------------------------------------------------
+
+
+async def _redis_field_bytes(redis_url: str, room: str) -> list[int]:
+    """The stored size of every history entry of ``room`` (the JSON field, in bytes)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys_found = [k async for k in client.scan_iter(match=f"*history*{{{room}}}")]
+        assert len(keys_found) == 1, keys_found
+        entries = await client.xrange(keys_found[0])
+        return [len(fields[b"m"]) for _, fields in entries]
+    finally:
+        await client.aclose()
+
+
+async def test_a_message_costs_about_its_size_on_the_wire_and_in_redis(redis_url) -> None:
+    """ensure_ascii made a 4 KB message of CJK text 8.3 KB and one of control characters
+    24.5 KB, on the wire and in Redis."""
+    cjk = "\u4e2d" * 1365  # 4,095 bytes of UTF-8
+    quotes = '"' * 4096  # JSON's worst case left: two bytes per character
+    async with running_server(redis_url=redis_url, rate_limit_events=10**6) as srv:
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, "websocket", http)
+            await raw.connect({"token": token("sizer")})
+            assert (await raw.call("join:room", "sizes"))["ok"]
+            wire: dict[str, int] = {}
+            for name, text in (("cjk", cjk), ("quotes", quotes), ("ascii", "a" * 4096)):
+                await raw.send(
+                    "42" + json.dumps(["message:send", {"roomId": "sizes", "message": text}])
+                )
+                frame = await raw.expect('42["message:received"')
+                assert json.loads(frame[2:])[1]["message"] == text
+                wire[name] = len(frame.encode())
+            controls = await raw.call("message:send", {"roomId": "sizes", "message": "\x01" * 4080})
+            assert controls["ok"] is False and controls["error"]["code"] == "invalid_payload"
+            text_ok = await raw.call(
+                "message:send", {"roomId": "sizes", "message": "line\nnext\ttab\r\n"}
+            )
+            assert text_ok["ok"], text_ok
+            await raw.close()
+        stored = await _redis_field_bytes(redis_url, "sizes")
+    envelope = 300
+    assert wire["cjk"] <= 4095 + envelope, wire
+    assert wire["ascii"] <= 4096 + envelope, wire
+    assert wire["quotes"] <= 2 * 4096 + envelope, wire
+    assert stored[0] <= 4095 + envelope and stored[2] <= 4096 + envelope, stored
+    report = {
+        "wire_bytes": wire,
+        "redis_bytes": dict(zip(("cjk", "quotes", "ascii"), stored[:3], strict=True)),
+    }
+    print("\nbytes per 4 KB message:", report)
+    _write_report("escaping", report)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_replies_with_history_fit_the_send_buffer_and_page_the_rest(
+    redis_url, transport: str
+) -> None:
+    """A join:room reply with 30 messages of 4 KB (and as many missed) was larger than
+    SEND_BUFFER_BYTES: a long-polling client was evicted before it got its reply."""
+    buffer = 64 * 1024
+    text = "\u4e2d" * 1364
+    async with running_server(
+        redis_url=redis_url, rate_limit_events=10**6, send_buffer_bytes=buffer
+    ) as srv:
+        writer = await connect(srv.url, "writer")
+        try:
+            await writer.call("join:room", "big")
+            ids = []
+            for n in range(30):
+                ack = await writer.call("message:send", {"roomId": "big", "message": f"{n}{text}"})
+                ids.append(ack["id"])
+        finally:
+            await writer.close()
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, transport, http)
+            await raw.connect({"token": token("reader")})
+            ack_id = raw.next_ack_id()
+            await raw.send(
+                f"42{ack_id}" + json.dumps(["join:room", {"roomId": "big", "since": "0-0"}])
+            )
+            frame = await raw.expect(f"43{ack_id}[", timeout=10)
+            reply = json.loads(frame[len(f"43{ack_id}") :])[0]
+            reply_bytes = len(frame.encode())
+            assert reply["ok"], reply
+            assert reply_bytes < buffer
+            assert reply["more"] is True and reply["missedMore"] is True
+            # page the history back, and the missed messages forward
+            history = [m["id"] for m in reply["history"]]
+            while True:
+                page = await raw.call("history:get", {"roomId": "big", "before": history[0]})
+                history = [m["id"] for m in page["messages"]] + history
+                if not page.get("more"):
+                    break
+            missed = [m["id"] for m in reply["missed"]]
+            more = reply["missedMore"]
+            while more:
+                again = await raw.call("join:room", {"roomId": "big", "since": missed[-1]})
+                missed += [m["id"] for m in again["missed"]]
+                more = again.get("missedMore", False)
+            assert not raw.closed
+            await raw.close()
+        evicted = sample_value(srv.app, "socketio_clients_evicted_total", reason="slow_consumer")
+    assert history == ids
+    assert missed == ids
+    assert evicted == 0
+    print(f"\njoin reply ({transport}): {reply_bytes} bytes under a {buffer}-byte buffer")
+    _write_report(f"history-reply-{transport}", {"reply_bytes": reply_bytes, "buffer": buffer})
+
+
+def sample_value(app: Any, name: str, **labels: str) -> float:
+    return app[keys.METRICS].registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_python_client_collects_every_missed_message_of_a_cut_reply() -> None:
+    from service.client import ChatClient
+
+    text = "\u4e2d" * 1364
+    async with running_server(rate_limit_events=10**6, send_buffer_bytes=32 * 1024) as srv:
+        writer = await connect(srv.url, "writer")
+        try:
+            await writer.call("join:room", "cut")
+            ids = [
+                (await writer.call("message:send", {"roomId": "cut", "message": f"{n}{text}"}))[
+                    "id"
+                ]
+                for n in range(12)
+            ]
+        finally:
+            await writer.close()
+        client = ChatClient(srv.url, token("reader"))
+        got: list[str] = []
+        client.on("message:received", lambda m: got.append(m["id"]))
+        await client.connect()
+        try:
+            ack = await client.join("cut", since="0-0")
+            assert [m["id"] for m in ack["missed"]] == ids
+            assert ack.get("more") is True  # history itself was cut: page with before
+            older = await client.history("cut", before=ack["history"][0]["id"])
+            assert [m["id"] for m in older["messages"]] + [m["id"] for m in ack["history"]] == ids[
+                -len(older["messages"]) - len(ack["history"]) :
+            ]
+        finally:
+            await client.close()
+        assert got == ids

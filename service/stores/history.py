@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import wirejson
 from ..protocol import format_id, id_after, id_before, parse_id
 from .link import REDIS_ERRORS, RedisLink
 
@@ -153,7 +154,7 @@ class RedisHistory:
         with self._metrics.redis_op("history_append"), _unavailable_on_error():
             raw_id = await self._append(
                 keys=[stream, dropped],
-                args=[json.dumps(message, separators=(",", ":")), self._size, self._ttl],
+                args=[wirejson.dumps(message), self._size, self._ttl],
             )
         return {"id": _text(raw_id), **message}
 
