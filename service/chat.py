@@ -22,6 +22,7 @@ import socketio
 from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
+from .expiry import EXPIRED_PAYLOAD, ExpiryTimers
 from .metrics import Metrics, event_label
 from .stores import Stores
 from .stores.history import HistoryUnavailable
@@ -65,6 +66,11 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.gate = gate
         self.verifier = TokenVerifier(settings)
+        self.expiry = ExpiryTimers(
+            settings.jwt_leeway_seconds,
+            lambda sid: self.emit(p.AUTH_EXPIRED, EXPIRED_PAYLOAD, to=sid),
+            self.disconnect,
+        )
         self.sessions: dict[str, Session] = {}
         self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
@@ -155,6 +161,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise self._refuse("overloaded", "too many connections for this user")
         self.sessions[sid] = Session(claims.user_id)
         self._user_sockets[claims.user_id] += 1
+        self.expiry.start(sid, claims.expires_at)
         await self.enter_room(sid, p.user_channel(claims.user_id))
         transport = self.server.transport(sid, self.namespace)
         self.metrics.connections.labels(transport=transport).inc()
@@ -162,6 +169,8 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)
+        if self.expiry.cancel(sid):
+            reason = "token expired"
         self.metrics.disconnections.labels(reason=p.DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return

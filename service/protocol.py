@@ -38,6 +38,9 @@ PRIVATE_RECEIVED = "message:private:received"
 TYPING_USER_START = "typing:user:start"
 TYPING_USER_STOP = "typing:user:stop"
 SERVER_SHUTDOWN = "server:shutdown"
+AUTH_EXPIRED = "auth:expired"
+"""``{code: "token_expired", message}`` right before the server disconnects a socket whose
+token expired: reconnect with a fresh token."""
 SERVER_EVENTS = (
     JOINED_ROOM,
     USER_JOINED,
@@ -47,6 +50,7 @@ SERVER_EVENTS = (
     TYPING_USER_START,
     TYPING_USER_STOP,
     SERVER_SHUTDOWN,
+    AUTH_EXPIRED,
 )
 
 ERROR_CODES = (
@@ -66,6 +70,7 @@ DISCONNECT_REASONS = {
     "ping timeout": "ping_timeout",
     "transport close": "transport_close",
     "transport error": "transport_error",
+    "token expired": "token_expired",  # ours: the socket's JWT expired
 }
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")

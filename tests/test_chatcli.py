@@ -116,3 +116,41 @@ async def test_interactive_session_prints_the_room_and_sends_stdin(server):
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert proc.stderr is not None
         assert "not_in_room" in (await proc.stderr.read()).decode()
+
+
+async def test_token_command_gives_a_fresh_token_after_the_old_one_expires():
+    """The server disconnects a socket when its token expires; with --token-command the
+    CLI asks for a fresh token and carries on in the same room."""
+    from .helpers import SECRET, running_server
+
+    async with running_server(jwt_leeway_seconds=0) as srv:
+        async with ChatClient(srv.url, token("bob"), backoff=FAST) as bob:
+            seen = Recorder(bob)
+            await bob.join("renew")
+            command = (
+                f"{sys.executable} -m service token --user alice --ttl 2 --jwt-secret {SECRET}"
+            )
+            proc = await asyncio.create_subprocess_exec(
+                *CHAT,
+                "--url",
+                srv.url,
+                "--room",
+                "renew",
+                "--token-command",
+                command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(b"before\n")
+            await proc.stdin.drain()
+            await seen.until(lambda: "before" in seen.texts("renew"))
+            await asyncio.sleep(3.5)  # the first token expired: disconnected, reconnected
+            proc.stdin.write(b"after\n")
+            proc.stdin.close()
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            await seen.until(lambda: "after" in seen.texts("renew"))
+    assert proc.returncode == 0, err.decode()
+    assert "[renew] alice: after" in out.decode()

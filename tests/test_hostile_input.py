@@ -732,3 +732,70 @@ async def test_the_python_client_collects_every_missed_message_of_a_cut_reply() 
         finally:
             await client.close()
         assert got == ids
+
+
+# -- a socket does not outlive its token -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_socket_is_disconnected_when_its_token_expires(transport: str) -> None:
+    """A 2 s token kept sending and reading history 12 s later; now the socket gets
+    ``auth:expired`` and is disconnected at exp + leeway."""
+    async with running_server(jwt_leeway_seconds=0.5, rate_limit_events=10**6) as srv:
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, transport, http)
+            started = time.time()
+            await raw.connect({"token": token("brief", ttl=2)})
+            assert (await raw.call("join:room", "r"))["ok"]
+            notice = await raw.expect('42["auth:expired"', timeout=6)
+            frames = await raw.drain(3)
+            closed_after = time.time() - started
+            assert json.loads(notice[2:])[1]["code"] == "token_expired"
+            assert raw.closed or any(f == "41" for f in frames), frames
+            # no longer answered (the Engine.IO session left alone goes after the
+            # connect timeout, like any session without a namespace)
+            with pytest.raises((Closed, TimeoutError)):
+                await raw.call("history:get", "r", timeout=1)
+            await raw.close()
+        expired = sample_value(srv.app, "socketio_disconnections_total", reason="token_expired")
+        assert expired == 1
+        assert len(srv.app[keys.NAMESPACE].expiry) == 0
+    # exp is whole seconds: the token expired 1-2 s after it was minted
+    assert 1 <= closed_after < 5, closed_after
+    print(f"\nexpired token ({transport}): disconnected {closed_after:.1f}s after connecting")
+    _write_report(
+        f"token-expiry-{transport}", {"ttl_s": 2, "closed_after_s": round(closed_after, 1)}
+    )
+
+
+async def test_the_python_client_refreshes_its_token_and_carries_on() -> None:
+    from service.client import CONNECTED, DISCONNECTED, ChatClient
+
+    minted: list[str] = []
+
+    def fresh() -> str:
+        minted.append(token("renewer", ttl=2))
+        return minted[-1]
+
+    async with running_server(jwt_leeway_seconds=0, rate_limit_events=10**6) as srv:
+        observer = await connect(srv.url, "olivia")
+        try:
+            await observer.call("join:room", "renew")
+            client = ChatClient(srv.url, fresh)
+            events: list[tuple[str, Any]] = []
+            client.on("*", lambda item: events.append(item))
+            await client.connect()
+            try:
+                await client.join("renew")
+                await client.send("renew", "first")
+                await asyncio.sleep(3.5)  # past the first token's expiry
+                await client.send("renew", "second")
+                names = [name for name, _ in events]
+                assert "auth:expired" in names
+                assert names.count(DISCONNECTED) >= 1 and names.count(CONNECTED) >= 1
+                assert len(minted) >= 2
+            finally:
+                await client.close()
+            await observer.wait_for("message:received", lambda m: m["message"] == "second")
+        finally:
+            await observer.close()
