@@ -32,7 +32,7 @@ import ipaddress
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import socketio
@@ -122,6 +122,18 @@ def client_address(peer: str | None, forwarded: list[str], trusted: tuple[Any, .
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def environ_client_address(environ: Mapping[str, Any], trusted: tuple[Any, ...]) -> str:
+    """:func:`client_address` of the request behind a python-socketio ``environ``.
+
+    python-engineio's aiohttp driver hard-codes ``REMOTE_ADDR`` to ``127.0.0.1``: the real
+    peer is only on the aiohttp request it keeps in the environ.
+    """
+    request = environ.get("aiohttp.request")
+    if request is None:
+        return "unknown"
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
 
 
 def _loopback(key: str) -> bool:
@@ -498,5 +510,6 @@ __all__ = [
     "Guard",
     "HandshakeLimiter",
     "client_address",
+    "environ_client_address",
     "install_guard",
 ]
