@@ -179,6 +179,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = PRIVATE_NETWORKS
     send_buffer_bytes: int = 1024 * 1024
     connect_timeout_seconds: float = 10.0
+    http_header_timeout_seconds: float = 10.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_delay_seconds: float = 3.0
@@ -302,6 +303,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(4096)),
     "CONNECT_TIMEOUT_SECONDS": ("connect_timeout_seconds", _float(0.1, 3600)),
+    "HTTP_HEADER_TIMEOUT_SECONDS": ("http_header_timeout_seconds", _float(0, 3600)),
     "PING_INTERVAL": ("ping_interval", _float(0.1)),
     "PING_TIMEOUT": ("ping_timeout", _float(0.1)),
     "SHUTDOWN_DELAY_SECONDS": ("shutdown_delay_seconds", _float(0, 5)),

@@ -540,3 +540,63 @@ async def test_a_socket_that_leaves_the_namespace_but_keeps_its_transport_is_clo
     assert evicted >= 3
     print(f"\nzombie sessions ({transport}): closed {closed_after:.1f}s after `41`")
     write_report(f"zombie-{transport}", {"zombies": 3, "closed_after_s": round(closed_after, 1)})
+
+
+# -- slowloris -------------------------------------------------------------------------------------
+
+
+async def _trickle(host: str, port: int, seconds: float, every: float) -> float | None:
+    """Send a request head one header line at a time; the seconds until the server closed
+    the connection, None if it was still open after ``seconds``."""
+    reader, writer = await asyncio.open_connection(host, port)
+    started = time.monotonic()
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        n = 0
+        while time.monotonic() - started < seconds:
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1024), every) == b"":
+                    return time.monotonic() - started
+            n += 1
+            try:
+                writer.write(f"X-Slow-{n}: {n}\r\n".encode())
+                await writer.drain()
+            except ConnectionError:
+                return time.monotonic() - started
+        return None
+    finally:
+        writer.close()
+
+
+async def test_slowloris_connections_are_closed_after_the_header_timeout() -> None:
+    timeout = 1.0
+    async with running_server(http_header_timeout_seconds=timeout) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        trickled = await asyncio.gather(
+            *(_trickle(host, int(port), seconds=6, every=0.3) for _ in range(50))
+        )
+        # a connection that sends nothing at all
+        reader, writer = await asyncio.open_connection(host, int(port))
+        silent = await asyncio.wait_for(reader.read(), 6)
+        writer.close()
+        # an idle keep-alive connection is not a slow request: it stays usable
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{srv.url}/healthz") as resp:
+                assert resp.status == 200
+            await asyncio.sleep(timeout * 2.5)
+            async with http.get(f"{srv.url}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{srv.url}/metrics") as resp:
+                text = await resp.text()
+    assert all(t is not None for t in trickled), trickled
+    assert silent == b""
+    assert "socketio_http_header_timeouts_total 51.0" in text
+    closed = sorted(t for t in trickled if t is not None)
+    report = {
+        "connections": 50,
+        "header_timeout_s": timeout,
+        "closed_after_s_median": round(statistics.median(closed), 2),
+        "closed_after_s_max": round(closed[-1], 2),
+    }
+    print("\nslowloris:", report)
+    write_report("slowloris", report)
