@@ -79,6 +79,7 @@ def create_app(
     sio.register_namespace(namespace)
     sio.attach(app)
     guard = install_guard(app, sio, settings, metrics.registry)
+    guard.on_session_closed.append(namespace.session_closed)
 
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics

@@ -23,6 +23,7 @@ from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
 from .expiry import EXPIRED_PAYLOAD, ExpiryTimers
+from .lingering import Lingering
 from .metrics import Metrics, event_label
 from .stores import Stores
 from .stores.history import HistoryUnavailable
@@ -72,6 +73,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.disconnect,
         )
         self.sessions: dict[str, Session] = {}
+        self.lingering = Lingering()  # left with `41`, transport open: still counted
         self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
         self._unstored_base = secrets.randbelow(1 << 40)  # unlike any other instance's
@@ -149,7 +151,8 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> None:
         if self.gate.draining:
             raise self._refuse("draining", "server is shutting down, reconnect")
-        if len(self.sessions) >= self.settings.max_connections:
+        self._release_slot(self.server.manager.eio_sid_from_sid(sid, self.namespace))
+        if len(self.sessions) + len(self.lingering) >= self.settings.max_connections:
             raise self._refuse("overloaded", "server at capacity, retry later")
         try:
             claims = self.verifier.verify(token_from_handshake(environ, auth))
@@ -174,11 +177,27 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics.disconnections.labels(reason=p.DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return
-        self._user_sockets[session.user_id] -= 1
-        if not self._user_sockets[session.user_id]:
-            del self._user_sockets[session.user_id]
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
+        if reason == self.server.reason.CLIENT_DISCONNECT and eio_sid is not None:
+            self.lingering.left(eio_sid, session.user_id)  # slot held until it closes
+        else:
+            self._user_left(session.user_id)
         for room_id in sorted(session.rooms):
             await self._left(sid, session, room_id)
+
+    def _user_left(self, user_id: str) -> None:
+        self._user_sockets[user_id] -= 1
+        if not self._user_sockets[user_id]:
+            del self._user_sockets[user_id]
+
+    def _release_slot(self, eio_sid: str | None) -> None:
+        user_id = self.lingering.release(eio_sid)
+        if user_id is not None:
+            self._user_left(user_id)
+
+    def session_closed(self, eio_sid: str) -> None:
+        """The Engine.IO session ended: a slot it still held (see Lingering) is free."""
+        self._release_slot(eio_sid)
 
     # -- rooms ------------------------------------------------------------------------------
 

@@ -600,3 +600,48 @@ async def test_slowloris_connections_are_closed_after_the_header_timeout() -> No
     }
     print("\nslowloris:", report)
     write_report("slowloris", report)
+
+
+async def test_sockets_that_left_the_namespace_keep_their_users_slot_until_they_close() -> None:
+    """One user held 60 sessions under MAX_SOCKETS_PER_USER=20 by leaving `/` with `41`
+    and connecting again; with MAX_CONNECTIONS=5 one user's zombies filled the instance."""
+    async with running_server(
+        handshake_rate_per_address=0,
+        connect_timeout_seconds=2,
+        max_sockets_per_user=2,
+        max_connections=3,
+        rate_limit_events=10**6,
+    ) as srv:
+        namespace = srv.app[keys.NAMESPACE]
+        async with aiohttp.ClientSession() as http:
+            zombies = []
+            for _ in range(2):
+                raw = await open_raw(srv.url, "websocket", http)
+                await raw.connect({"token": token("zed")})
+                await raw.send("41")
+                zombies.append(raw)
+            await asyncio.sleep(0.2)
+            assert len(namespace.sessions) == 0
+            # the user's two slots are still held: a third socket is refused
+            third = await open_raw(srv.url, "websocket", http)
+            with pytest.raises(Closed, match="too many connections for this user"):
+                await third.connect({"token": token("zed")})
+            # and they count toward MAX_CONNECTIONS too
+            other = await open_raw(srv.url, "websocket", http)
+            await other.connect({"token": token("other")})
+            last = await open_raw(srv.url, "websocket", http)
+            with pytest.raises(Closed, match="server at capacity"):
+                await last.connect({"token": token("last")})
+            # a zombie that connects again takes its own slot back
+            await zombies[0].connect({"token": token("zed")})
+            assert len(namespace.sessions) == 2
+            await zombies[0].close()
+            # once the other zombie's session is closed (connect timeout), its slot is free
+            await zombies[1].drain(6)
+            assert zombies[1].closed
+            await asyncio.sleep(0.2)
+            fresh = await open_raw(srv.url, "websocket", http)
+            await fresh.connect({"token": token("zed")})
+            assert len(namespace.lingering) == 0
+            for raw in (third, other, last, fresh):
+                await raw.close()

@@ -312,6 +312,8 @@ class Guard:
         self._attachment_bytes: dict[str, int] = {}
         eio.on("message", self._guarded_message)
         self._on_disconnect = sio._handle_eio_disconnect
+        self.on_session_closed: list[Callable[[str], None]] = []
+        """Called with the id of every Engine.IO session that ended."""
         eio.on("disconnect", self._disconnected)
         self.metrics.engineio_sessions.set_function(lambda: len(eio.sockets))
         self.metrics.at_capacity.set_function(lambda: int(self.at_capacity()))
@@ -461,6 +463,8 @@ class Guard:
         sock = self.sio.eio.sockets.get(eio_sid)
         if sock is not None and sock.closed:
             del self.sio.eio.sockets[eio_sid]
+        for hook in self.on_session_closed:
+            hook(eio_sid)
 
     @property
     def session_cap(self) -> int:
