@@ -87,7 +87,10 @@ def create_app(
     app[keys.GATE] = gate
     app[keys.SIO] = sio
     app[keys.NAMESPACE] = namespace
-    app[keys.READINESS_CHECKS] = [guard.not_ready_reason]
+    app[keys.READINESS_CHECKS] = [guard.not_ready_reason, namespace.not_ready_reason]
+    guard.metrics.at_capacity.set_function(
+        lambda: int(guard.at_capacity() or namespace.at_capacity())
+    )
     app[keys.STARTED_AT] = time.monotonic()
 
     metrics.connected_clients.set_function(lambda: len(namespace.sessions))

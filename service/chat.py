@@ -152,7 +152,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         if self.gate.draining:
             raise self._refuse("draining", "server is shutting down, reconnect")
         self._release_slot(self.server.manager.eio_sid_from_sid(sid, self.namespace))
-        if len(self.sessions) + len(self.lingering) >= self.settings.max_connections:
+        if self.at_capacity():
             raise self._refuse("overloaded", "server at capacity, retry later")
         try:
             claims = self.verifier.verify(token_from_handshake(environ, auth))
@@ -194,6 +194,17 @@ class ChatNamespace(socketio.AsyncNamespace):
         user_id = self.lingering.release(eio_sid)
         if user_id is not None:
             self._user_left(user_id)
+
+    def at_capacity(self) -> bool:
+        """Every new connect would be refused ``overloaded`` (MAX_CONNECTIONS)."""
+        return len(self.sessions) + len(self.lingering) >= self.settings.max_connections
+
+    async def not_ready_reason(self) -> str | None:
+        """A readiness check for the slots held by sockets that left with `41` (the
+        health module counts connected sockets only)."""
+        if len(self.sessions) < self.settings.max_connections and self.at_capacity():
+            return "at_max_connections"
+        return None
 
     def session_closed(self, eio_sid: str) -> None:
         """The Engine.IO session ended: a slot it still held (see Lingering) is free."""

@@ -645,3 +645,24 @@ async def test_sockets_that_left_the_namespace_keep_their_users_slot_until_they_
             assert len(namespace.lingering) == 0
             for raw in (third, other, last, fresh):
                 await raw.close()
+
+
+async def test_readiness_counts_the_slots_held_by_sockets_that_left() -> None:
+    async with running_server(
+        handshake_rate_per_address=0, connect_timeout_seconds=30, max_connections=1
+    ) as srv:
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, "websocket", http)
+            await raw.connect({"token": token("zed")})
+            await raw.send("41")
+            await asyncio.sleep(0.2)
+            assert len(srv.app[keys.NAMESPACE].sessions) == 0
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["reasons"] == ["at_max_connections"]
+            assert sample(srv.app, "socketio_at_capacity") == 1
+            await raw.close()
+            await asyncio.sleep(0.2)
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 200
+            assert sample(srv.app, "socketio_at_capacity") == 0

@@ -77,7 +77,7 @@ class GuardMetrics:
         )
         self.at_capacity = Gauge(
             "socketio_at_capacity",
-            "1 while new Engine.IO handshakes are refused as overloaded",
+            "1 while new handshakes are refused as overloaded (Engine.IO or Socket.IO)",
             registry=registry,
         )
         for reason in ("rate_limited", "overloaded"):
