@@ -67,9 +67,18 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 256:
+        if not isinstance(sub, str) or not sub or len(sub) > 256 or not _utf8(sub):
+            # it names a Redis channel in cluster mode: a lone surrogate cannot be encoded
             raise AuthError("invalid token subject")
         return Claims(user_id=sub, expires_at=float(claims["exp"]))
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def token_from_handshake(environ: Mapping[str, Any], auth: object) -> object:

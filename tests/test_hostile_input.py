@@ -799,3 +799,13 @@ async def test_the_python_client_refreshes_its_token_and_carries_on() -> None:
             await observer.wait_for("message:received", lambda m: m["message"] == "second")
         finally:
             await observer.close()
+
+
+async def test_a_token_subject_redis_cannot_encode_is_refused(redis_url) -> None:
+    """A signed ``sub`` with a lone surrogate becomes the user's channel name in cluster
+    mode: refused ``unauthorized`` at the handshake, not an internal error."""
+    async with running_server(redis_url=redis_url) as srv:
+        data = await connect_error(srv.url, auth={"token": token("\ud800")})
+        assert data["code"] == "unauthorized"
+        ok = await connect(srv.url, "still-fine")
+        await ok.close()
