@@ -809,3 +809,29 @@ async def test_a_token_subject_redis_cannot_encode_is_refused(redis_url) -> None
         assert data["code"] == "unauthorized"
         ok = await connect(srv.url, "still-fine")
         await ok.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_official_js_client_learns_why_and_reconnects_with_a_fresh_token(
+    transport: str,
+) -> None:
+    from .test_js_client import JS_DIR, js_client_ready
+
+    node = js_client_ready()
+    async with running_server(jwt_leeway_seconds=0) as srv:
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            str(JS_DIR / "expiry.js"),
+            srv.url,
+            token("brief", ttl=2),
+            token("brief"),
+            transport,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 0, (report, err.decode())
+    assert report["expired"]["code"] == "token_expired"
+    assert report["disconnectReason"] == "io server disconnect"
+    assert report["afterRefresh"] == {"ok": True, "roomId": "nowhere", "users": []}
