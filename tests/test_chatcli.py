@@ -118,18 +118,32 @@ async def test_interactive_session_prints_the_room_and_sends_stdin(server):
         assert "not_in_room" in (await proc.stderr.read()).decode()
 
 
-async def test_token_command_gives_a_fresh_token_after_the_old_one_expires():
+# prints a 2 s token the first time it runs, then 1 h ones (a counter in argv[1])
+MINT_ONCE_SHORT = (
+    "import pathlib, sys\n"
+    "from service.auth import mint_token\n"
+    "counter = pathlib.Path(sys.argv[1])\n"
+    "n = int(counter.read_text()) if counter.exists() else 0\n"
+    "counter.write_text(str(n + 1))\n"
+    "print(mint_token(sys.argv[2], 'alice', 2 if n == 0 else 3600))\n"
+)
+
+
+async def test_token_command_gives_a_fresh_token_after_the_old_one_expires(tmp_path):
     """The server disconnects a socket when its token expires; with --token-command the
     CLI asks for a fresh token and carries on in the same room."""
+    import shlex
+
     from .helpers import SECRET, running_server
 
+    script = tmp_path / "mint.py"
+    script.write_text(MINT_ONCE_SHORT)
+    counter = tmp_path / "count"
     async with running_server(jwt_leeway_seconds=0) as srv:
         async with ChatClient(srv.url, token("bob"), backoff=FAST) as bob:
             seen = Recorder(bob)
             await bob.join("renew")
-            command = (
-                f"{sys.executable} -m service token --user alice --ttl 2 --jwt-secret {SECRET}"
-            )
+            command = shlex.join([sys.executable, str(script), str(counter), SECRET])
             proc = await asyncio.create_subprocess_exec(
                 *CHAT,
                 "--url",
@@ -154,3 +168,5 @@ async def test_token_command_gives_a_fresh_token_after_the_old_one_expires():
             await seen.until(lambda: "after" in seen.texts("renew"))
     assert proc.returncode == 0, err.decode()
     assert "[renew] alice: after" in out.decode()
+    assert "* the token expired; reconnecting with a fresh one" in out.decode()
+    assert int(counter.read_text()) >= 2

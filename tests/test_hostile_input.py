@@ -773,8 +773,8 @@ async def test_the_python_client_refreshes_its_token_and_carries_on() -> None:
 
     minted: list[str] = []
 
-    def fresh() -> str:
-        minted.append(token("renewer", ttl=2))
+    def fresh() -> str:  # a 2 s token first, then long ones (no second expiry mid-test)
+        minted.append(token("renewer", ttl=2 if not minted else 3600))
         return minted[-1]
 
     async with running_server(jwt_leeway_seconds=0, rate_limit_events=10**6) as srv:
