@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import keys
+from . import keys, wirejson
 from .admin import enable_admin_ui
 from .chat import ChatNamespace, Gate
 from .cluster import RedisManager, RedisMonitor
@@ -43,6 +43,8 @@ def create_sio(settings: Settings, manager: socketio.AsyncManager) -> socketio.A
         max_http_buffer_size=settings.max_message_bytes * 2 + FRAME_OVERHEAD_BYTES,
         # one client's events are handled in order (no task per event)
         async_handlers=False,
+        # UTF-8, compact: a message costs about its size on the wire, not 6x (see wirejson)
+        json=wirejson,
         logger=False,
         engineio_logger=False,
     )
@@ -76,7 +78,8 @@ def create_app(
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
     sio.attach(app)
-    install_guard(app, sio, settings, metrics.registry)
+    guard = install_guard(app, sio, settings, metrics.registry)
+    guard.on_session_closed.append(namespace.session_closed)
 
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
@@ -84,7 +87,10 @@ def create_app(
     app[keys.GATE] = gate
     app[keys.SIO] = sio
     app[keys.NAMESPACE] = namespace
-    app[keys.READINESS_CHECKS] = []
+    app[keys.READINESS_CHECKS] = [guard.not_ready_reason, namespace.not_ready_reason]
+    guard.metrics.at_capacity.set_function(
+        lambda: int(guard.at_capacity() or namespace.at_capacity())
+    )
     app[keys.STARTED_AT] = time.monotonic()
 
     metrics.connected_clients.set_function(lambda: len(namespace.sessions))

@@ -22,6 +22,8 @@ import socketio
 from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
+from .expiry import EXPIRED_PAYLOAD, ExpiryTimers
+from .lingering import Lingering
 from .metrics import Metrics, event_label
 from .stores import Stores
 from .stores.history import HistoryUnavailable
@@ -65,7 +67,13 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.gate = gate
         self.verifier = TokenVerifier(settings)
+        self.expiry = ExpiryTimers(
+            settings.jwt_leeway_seconds,
+            lambda sid: self.emit(p.AUTH_EXPIRED, EXPIRED_PAYLOAD, to=sid),
+            self.disconnect,
+        )
         self.sessions: dict[str, Session] = {}
+        self.lingering = Lingering()  # left with `41`, transport open: still counted
         self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
         self._unstored_base = secrets.randbelow(1 << 40)  # unlike any other instance's
@@ -122,6 +130,12 @@ class ChatNamespace(socketio.AsyncNamespace):
         finally:
             self.metrics.event_duration.labels(event=label).observe(time.perf_counter() - started)
 
+    @property
+    def reply_budget(self) -> int:
+        """Bytes of messages one reply may carry: half the socket's send buffer, so a
+        reply with history never evicts its own client as a slow consumer."""
+        return self.settings.send_buffer_bytes // 2
+
     def _fully_connected(self, sid: str) -> bool:
         return bool(self.server.manager.is_connected(sid, self.namespace))
 
@@ -137,7 +151,8 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: object) -> None:
         if self.gate.draining:
             raise self._refuse("draining", "server is shutting down, reconnect")
-        if len(self.sessions) >= self.settings.max_connections:
+        self._release_slot(self.server.manager.eio_sid_from_sid(sid, self.namespace))
+        if self.at_capacity():
             raise self._refuse("overloaded", "server at capacity, retry later")
         try:
             claims = self.verifier.verify(token_from_handshake(environ, auth))
@@ -149,6 +164,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise self._refuse("overloaded", "too many connections for this user")
         self.sessions[sid] = Session(claims.user_id)
         self._user_sockets[claims.user_id] += 1
+        self.expiry.start(sid, claims.expires_at)
         await self.enter_room(sid, p.user_channel(claims.user_id))
         transport = self.server.transport(sid, self.namespace)
         self.metrics.connections.labels(transport=transport).inc()
@@ -156,14 +172,43 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         session = self.sessions.pop(sid, None)
+        if self.expiry.cancel(sid):
+            reason = "token expired"
         self.metrics.disconnections.labels(reason=p.DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return
-        self._user_sockets[session.user_id] -= 1
-        if not self._user_sockets[session.user_id]:
-            del self._user_sockets[session.user_id]
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
+        if reason == self.server.reason.CLIENT_DISCONNECT and eio_sid is not None:
+            self.lingering.left(eio_sid, session.user_id)  # slot held until it closes
+        else:
+            self._user_left(session.user_id)
         for room_id in sorted(session.rooms):
             await self._left(sid, session, room_id)
+
+    def _user_left(self, user_id: str) -> None:
+        self._user_sockets[user_id] -= 1
+        if not self._user_sockets[user_id]:
+            del self._user_sockets[user_id]
+
+    def _release_slot(self, eio_sid: str | None) -> None:
+        user_id = self.lingering.release(eio_sid)
+        if user_id is not None:
+            self._user_left(user_id)
+
+    def at_capacity(self) -> bool:
+        """Every new connect would be refused ``overloaded`` (MAX_CONNECTIONS)."""
+        return len(self.sessions) + len(self.lingering) >= self.settings.max_connections
+
+    async def not_ready_reason(self) -> str | None:
+        """A readiness check for the slots held by sockets that left with `41` (the
+        health module counts connected sockets only)."""
+        if len(self.sessions) < self.settings.max_connections and self.at_capacity():
+            return "at_max_connections"
+        return None
+
+    def session_closed(self, eio_sid: str) -> None:
+        """The Engine.IO session ended: a slot it still held (see Lingering) is free."""
+        self._release_slot(eio_sid)
 
     # -- rooms ------------------------------------------------------------------------------
 
@@ -195,6 +240,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             # joined all the same; the client keeps its `since` and can ask again later
             if request.since is not None:
                 result.update(missed=[], recovered=False)
+        p.bound_reply(result, self.reply_budget)
         await self.emit(p.JOINED_ROOM, room_id, to=sid)
         if new:
             await self.emit(
@@ -294,7 +340,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             messages = await self.stores.history.recent(query.room_id, query.limit, query.before)
         except HistoryUnavailable:
             raise p.EventError("internal", "history is temporarily unavailable") from None
-        return {"roomId": query.room_id, "messages": messages}
+        return p.bound_reply({"roomId": query.room_id, "messages": messages}, self.reply_budget)
 
     async def get_presence(self, sid: str, session: Session, payload: Any) -> Ack:
         room_id = p.room_ref(payload)

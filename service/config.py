@@ -42,6 +42,11 @@ PRIVATE_NETWORKS = (
 """Default TRUSTED_PROXIES: in-cluster ingress controllers and load balancers."""
 
 
+MIN_ADMIN_PASSWORD_CHARS = 16
+"""The admin UI's password is guessed online: long enough that the login limit makes
+guessing hopeless."""
+
+
 class ConfigError(ValueError):
     """An invalid setting; the message names the variable."""
 
@@ -174,6 +179,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = PRIVATE_NETWORKS
     send_buffer_bytes: int = 1024 * 1024
     connect_timeout_seconds: float = 10.0
+    http_header_timeout_seconds: float = 10.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_delay_seconds: float = 3.0
@@ -190,6 +196,7 @@ class Settings:
     admin_ui: bool = False
     admin_username: str = "admin"
     admin_password: str = field(default="", repr=False)
+    admin_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     demo_client_js_dir: str = ""
     dev: bool = False
 
@@ -250,6 +257,10 @@ class Settings:
             raise ConfigError("PING_INTERVAL: PING_INTERVAL and PING_TIMEOUT must be > 0")
         if self.admin_ui and not self.admin_password:
             raise ConfigError("ADMIN_PASSWORD: required when ADMIN_UI is on")
+        if self.admin_ui and len(self.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
+            raise ConfigError(
+                f"ADMIN_PASSWORD: must be at least {MIN_ADMIN_PASSWORD_CHARS} characters"
+            )
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -292,6 +303,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(4096)),
     "CONNECT_TIMEOUT_SECONDS": ("connect_timeout_seconds", _float(0.1, 3600)),
+    "HTTP_HEADER_TIMEOUT_SECONDS": ("http_header_timeout_seconds", _float(0, 3600)),
     "PING_INTERVAL": ("ping_interval", _float(0.1)),
     "PING_TIMEOUT": ("ping_timeout", _float(0.1)),
     "SHUTDOWN_DELAY_SECONDS": ("shutdown_delay_seconds", _float(0, 5)),
@@ -308,6 +320,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ADMIN_UI": ("admin_ui", _bool),
     "ADMIN_USERNAME": ("admin_username", str.strip),
     "ADMIN_PASSWORD": ("admin_password", str.strip),
+    "ADMIN_ALLOWED_NETWORKS": ("admin_allowed_networks", _networks),
     "DEMO_CLIENT_JS_DIR": ("demo_client_js_dir", str.strip),
 }
 """Environment variable -> (Settings attribute, parser)."""

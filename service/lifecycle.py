@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import keys
 from .chat import ChatNamespace
+from .engine.headers import install_header_timeout
 from .protocol import SERVER_SHUTDOWN
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ async def serve(
         app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_SECONDS
     )
     await runner.setup()
+    install_header_timeout(runner)
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()

@@ -24,6 +24,7 @@ from aiohttp import web
 from service.app import create_app
 from service.auth import mint_token
 from service.config import Settings
+from service.engine.headers import install_header_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
@@ -90,6 +91,7 @@ async def running_server(
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
     await runner.setup()
+    install_header_timeout(runner)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]

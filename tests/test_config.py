@@ -103,5 +103,16 @@ def test_admin_ui_needs_a_password():
 
 
 def test_secrets_stay_out_of_repr():
-    settings = Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "hunter2-pass"})
+    settings = Settings.from_env(
+        {**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "hunter2-pass-long-enough"}
+    )
     assert "s" * 32 not in repr(settings) and "hunter2" not in repr(settings)
+
+
+def test_admin_password_must_be_long_and_admin_networks_valid():
+    with pytest.raises(ConfigError, match="ADMIN_PASSWORD: must be at least 16 characters"):
+        Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "x" * 15})
+    assert Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "x" * 16}).admin_ui
+    with pytest.raises(ConfigError, match="ADMIN_ALLOWED_NETWORKS"):
+        Settings.from_env({**SECRET, "ADMIN_ALLOWED_NETWORKS": "everyone"})
+    assert Settings.from_env({**SECRET}).admin_allowed_networks == ("127.0.0.0/8", "::1/128")

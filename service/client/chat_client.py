@@ -201,6 +201,8 @@ class JoinAck(TypedDict):
     history: list[Message]
     missed: NotRequired[list[Message]]
     recovered: NotRequired[bool]
+    more: NotRequired[bool]
+    """Older history than fits one reply exists: page with ``history(before=...)``."""
 
 
 class RoomAck(TypedDict):
@@ -218,6 +220,8 @@ class HistoryAck(TypedDict):
     ok: bool
     roomId: str
     messages: list[Message]
+    more: NotRequired[bool]
+    """Cut to fit one reply: ask again with ``before`` = the first message's id."""
 
 
 class PresenceAck(TypedDict):
@@ -645,7 +649,7 @@ class ChatClient:
             room.pending = []
             payload = {"roomId": room.room_id, "since": room.resume_from()}
             try:
-                ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
+                ack = await self._join_call(payload)
             except EventRefused as exc:
                 room.pending = None
                 log.warning("rejoin %s refused: %s", room.room_id, exc)
@@ -727,7 +731,7 @@ class ChatClient:
         room.pending = []
         payload: Any = room_id if since is None else {"roomId": room_id, "since": since}
         try:
-            ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
+            ack = await self._join_call(payload)
         except BaseException:
             room.pending = None
             if fresh:
@@ -735,6 +739,21 @@ class ChatClient:
             raise
         self._absorb(room, ack)
         return cast(JoinAck, ack)
+
+    async def _join_call(self, payload: Any) -> dict[str, Any]:
+        """``join:room``, repeated from the last missed id while the server says more
+        missed messages did not fit its reply (``missedMore``); one merged ack."""
+        ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
+        missed = [m for m in ack.get("missed") or [] if isinstance(m, dict)]
+        more = ack.pop("missedMore", False)
+        while more and missed and isinstance(missed[-1].get("id"), str):
+            again = {"roomId": ack.get("roomId"), "since": missed[-1]["id"]}
+            page = await self._call(p.JOIN_ROOM, again, wait_ready=False)
+            missed += [m for m in page.get("missed") or [] if isinstance(m, dict)]
+            more = page.get("missedMore", False)
+        if "missed" in ack:
+            ack["missed"] = missed
+        return cast(dict[str, Any], ack)
 
     async def leave(self, room_id: str) -> RoomAck:
         """Leave ``room_id`` and stop rejoining it."""

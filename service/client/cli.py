@@ -14,9 +14,10 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -31,6 +32,7 @@ from .chat_client import (
     ChatError,
     ConnectFailed,
     HandshakeRefused,
+    TokenSource,
     Unauthorized,
 )
 
@@ -41,6 +43,30 @@ EXIT_UNAUTHORIZED = 3
 EXIT_UNREACHABLE = 4
 
 TOKEN_ENV = "CHAT_TOKEN"
+TOKEN_COMMAND_ENV = "CHAT_TOKEN_COMMAND"
+TOKEN_COMMAND_SECONDS = 30.0
+
+
+def token_command(command: str) -> Callable[[], Awaitable[str]]:
+    """A token source that runs ``command`` (no shell) and reads the token it prints."""
+    argv = shlex.split(command)
+
+    async def fresh_token() -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), TOKEN_COMMAND_SECONDS)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ConnectFailed("token_command", "the token command timed out") from None
+        if proc.returncode != 0:
+            raise ConnectFailed("token_command", f"the token command exited {proc.returncode}")
+        return out.decode().strip()
+
+    return fresh_token
+
 
 HELP = """commands:
   /help              this list
@@ -92,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"the JWT (default: ${TOKEN_ENV}; mint one with `socketio-service token`)",
     )
+    parser.add_argument(
+        "--token-command",
+        default=None,
+        help=(
+            f"a command that prints a fresh JWT (default: ${TOKEN_COMMAND_ENV}), run before "
+            "each (re)connect: the client then outlives its tokens' expiry"
+        ),
+    )
     parser.add_argument("--room", default="lobby", help="the room to join (default: lobby)")
     parser.add_argument(
         "--once",
@@ -142,6 +176,8 @@ class Printer:
             self.line(f"[private] {data.get('fromUserId')}: {data.get('message')}")
         elif event == p.SERVER_SHUTDOWN:
             self.line("* the server is shutting down; moving to another instance")
+        elif event == p.AUTH_EXPIRED:
+            self.line("* the token expired; reconnecting with a fresh one")
         elif event == DISCONNECTED:
             self.line(f"* disconnected ({data.get('reason') or 'unknown'}), reconnecting")
         elif event == CONNECTED and data.get("reconnect"):
@@ -268,7 +304,7 @@ class Session:
         return True
 
 
-async def run(args: argparse.Namespace, token: str, out: TextIO, err: TextIO) -> int:
+async def run(args: argparse.Namespace, token: TokenSource, out: TextIO, err: TextIO) -> int:
     printer = Printer(out)
     client = ChatClient(
         args.url,
@@ -353,11 +389,14 @@ def main(argv: Sequence[str]) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_USAGE
-    token = args.token or os.environ.get(TOKEN_ENV, "")
+    command = args.token_command or os.environ.get(TOKEN_COMMAND_ENV, "")
+    token: TokenSource = (
+        token_command(command) if command else args.token or os.environ.get(TOKEN_ENV, "")
+    )
     if not token:
         print(
-            f"error: a token is required: --token or ${TOKEN_ENV} "
-            "(mint one with `socketio-service token --user NAME`)",
+            f"error: a token is required: --token, ${TOKEN_ENV}, --token-command or "
+            f"${TOKEN_COMMAND_ENV} (mint one with `socketio-service token --user NAME`)",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -31,13 +31,14 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..config import Settings
 
@@ -67,6 +68,16 @@ class GuardMetrics:
             "socketio_clients_evicted_total",
             "Connections closed by the server's protections",
             ["reason"],
+            registry=registry,
+        )
+        self.engineio_sessions = Gauge(
+            "socketio_engineio_sessions",
+            "Engine.IO sessions held, connected to a namespace or not",
+            registry=registry,
+        )
+        self.at_capacity = Gauge(
+            "socketio_at_capacity",
+            "1 while new handshakes are refused as overloaded (Engine.IO or Socket.IO)",
             registry=registry,
         )
         for reason in ("rate_limited", "overloaded"):
@@ -113,6 +124,18 @@ def client_address(peer: str | None, forwarded: list[str], trusted: tuple[Any, .
     return str(address)
 
 
+def environ_client_address(environ: Mapping[str, Any], trusted: tuple[Any, ...]) -> str:
+    """:func:`client_address` of the request behind a python-socketio ``environ``.
+
+    python-engineio's aiohttp driver hard-codes ``REMOTE_ADDR`` to ``127.0.0.1``: the real
+    peer is only on the aiohttp request it keeps in the environ.
+    """
+    request = environ.get("aiohttp.request")
+    if request is None:
+        return "unknown"
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+
+
 def _loopback(key: str) -> bool:
     """A client on this host (tests, benchmarks, a sidecar without X-Forwarded-For)."""
     address = _ip(key)
@@ -156,6 +179,29 @@ def _refusal(status: int, code: str, message: str, retry_after: float = 0) -> we
     return web.json_response({"code": code, "message": message}, status=status, headers=headers)
 
 
+def names_live_session(sio: socketio.AsyncServer, query_string: str) -> bool:
+    """True when the request belongs to an open Engine.IO session, read the way
+    python-engineio reads it (``parse_qs`` drops empty values: ``sid=`` is a handshake).
+
+    Anything else (no ``sid``, an empty one, one naming no live session) goes through the
+    handshake limits: python-engineio either starts a session for it or refuses it.
+    """
+    values = urllib.parse.parse_qs(query_string).get("sid")
+    if not values:
+        return False
+    sock = sio.eio.sockets.get(values[0])
+    return sock is not None and not sock.closed
+
+
+def forget_closed(sio: socketio.AsyncServer) -> None:
+    """Drop closed sessions from python-engineio's table now: its service task reaches
+    them only every ``ping_timeout`` seconds, and until then they count toward the
+    session cap (so a flood's aftermath would refuse ordinary clients)."""
+    sockets = sio.eio.sockets
+    for eio_sid in [sid for sid, sock in sockets.items() if sock.closed]:
+        sockets.pop(eio_sid, None)
+
+
 def handshake_middleware(
     sio: socketio.AsyncServer, settings: Settings, metrics: GuardMetrics, path: str
 ) -> Any:
@@ -165,13 +211,13 @@ def handshake_middleware(
         else None
     )
     trusted = parse_networks(settings.trusted_proxies)
-    session_cap = settings.max_connections + SESSION_SLACK
+    session_cap = settings.max_connections + SESSION_SLACK  # Guard.session_cap
 
     @web.middleware
     async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not request.path.startswith(path) or "sid" in request.query:
+        if not request.path.startswith(path) or names_live_session(sio, request.query_string):
             return await handler(request)
         if request.method == "OPTIONS":
             return await handler(request)  # CORS preflight allocates nothing
@@ -265,6 +311,12 @@ class Guard:
         self._on_message = sio._handle_eio_message
         self._attachment_bytes: dict[str, int] = {}
         eio.on("message", self._guarded_message)
+        self._on_disconnect = sio._handle_eio_disconnect
+        self.on_session_closed: list[Callable[[str], None]] = []
+        """Called with the id of every Engine.IO session that ended."""
+        eio.on("disconnect", self._disconnected)
+        self.metrics.engineio_sessions.set_function(lambda: len(eio.sockets))
+        self.metrics.at_capacity.set_function(lambda: int(self.at_capacity()))
 
     # queues
 
@@ -365,12 +417,17 @@ class Guard:
         eio = self.sio.eio
         sockets = eio.sockets
         timeout = self.settings.connect_timeout_seconds
+        self.forget_closed()
         for eio_sid in [s for s in self._first_seen if s not in sockets]:
             del self._first_seen[eio_sid]
         for eio_sid, sock in list(sockets.items()):
             if eio_sid in self._first_seen:
                 if self._first_seen[eio_sid] < 0:
-                    continue  # connected to a namespace: nothing more to check
+                    if not self._namespace_connected(eio_sid):
+                        # it left every namespace (a `41`) and kept its transport open:
+                        # bounded from now on like a session that never connected
+                        self._first_seen[eio_sid] = now
+                    continue
                 if self._namespace_connected(eio_sid):
                     self._first_seen[eio_sid] = -1.0
                 elif now - self._first_seen[eio_sid] > timeout and not sock.closed:
@@ -390,6 +447,37 @@ class Guard:
                     tcp.abort()
             elif sock.last_ping and wall - sock.last_ping > eio.ping_timeout + 1:
                 await self.evict(sock, "stalled")
+
+    def forget_closed(self) -> None:
+        forget_closed(self.sio)
+
+    async def _disconnected(self, eio_sid: str, reason: Any) -> None:
+        """python-socketio's Engine.IO disconnect handler, then the closed session is
+        dropped as soon as python-engineio marks it closed (right after this returns)."""
+        try:
+            await self._on_disconnect(eio_sid, reason)
+        finally:
+            asyncio.get_running_loop().call_soon(self._forget, eio_sid)
+
+    def _forget(self, eio_sid: str) -> None:
+        sock = self.sio.eio.sockets.get(eio_sid)
+        if sock is not None and sock.closed:
+            del self.sio.eio.sockets[eio_sid]
+        for hook in self.on_session_closed:
+            hook(eio_sid)
+
+    @property
+    def session_cap(self) -> int:
+        """Engine.IO sessions above which new handshakes are refused as ``overloaded``."""
+        return self.settings.max_connections + SESSION_SLACK
+
+    def at_capacity(self) -> bool:
+        return len(self.sio.eio.sockets) >= self.session_cap
+
+    async def not_ready_reason(self) -> str | None:
+        """A readiness check: an instance that refuses every handshake is not ready."""
+        self.forget_closed()
+        return "at_session_capacity" if self.at_capacity() else None
 
     async def run(self) -> None:
         interval = min(1.0, self.settings.connect_timeout_seconds / 4)
@@ -426,5 +514,6 @@ __all__ = [
     "Guard",
     "HandshakeLimiter",
     "client_address",
+    "environ_client_address",
     "install_guard",
 ]

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..protocol import parse_id
+from .. import wirejson
+from ..protocol import format_id, id_after, id_before, parse_id
 from .link import REDIS_ERRORS, RedisLink
 
 Message = dict[str, Any]
@@ -153,7 +154,7 @@ class RedisHistory:
         with self._metrics.redis_op("history_append"), _unavailable_on_error():
             raw_id = await self._append(
                 keys=[stream, dropped],
-                args=[json.dumps(message, separators=(",", ":")), self._size, self._ttl],
+                args=[wirejson.dumps(message), self._size, self._ttl],
             )
         return {"id": _text(raw_id), **message}
 
@@ -162,9 +163,13 @@ class RedisHistory:
             return []
         stream, _ = self._keys(room_id)
         self._check_available()
+        # an inclusive bound computed here: Redis refuses "(0-0" (nothing can precede it)
+        newest = id_before(*parse_id(before)) if before is not None else None
+        if before is not None and newest is None:
+            return []
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             entries = await self._redis.xrevrange(
-                stream, max=f"({before}" if before else "+", min="-", count=limit
+                stream, max=format_id(*newest) if newest else "+", min="-", count=limit
             )
         return [_decode(entry) for entry in reversed(entries)]
 
@@ -174,7 +179,14 @@ class RedisHistory:
         self._check_available()
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xrange(stream, min=f"({last_id}", max="+", count=max(self._size, 1))
+                # inclusive, computed here: Redis refuses "(" before the largest id
+                oldest = id_after(*after)
+                pipe.xrange(
+                    stream,
+                    min=format_id(*oldest) if oldest else "+",
+                    max="+",
+                    count=max(self._size, 1) if oldest else 1,
+                )
                 pipe.get(dropped)
                 pipe.exists(stream)
                 entries, dropped_id, exists = await pipe.execute()
