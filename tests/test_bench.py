@@ -15,7 +15,7 @@ from service.bench.runner import BenchConfig, Target, _window, run_target
 from service.bench.stats import Reservoir, percentile, summarize
 from service.bench.wire import Sink, message_text, refusal_code
 from service.engine.queue import BoundedSendQueue
-from service.engine.transport import ListDeque, WriteThroughQueue
+from service.engine.transport import ListDeque, WriteThroughQueue, text_frame
 
 from .helpers import SECRET, running_server
 
@@ -92,9 +92,12 @@ def test_window_reports_lost_deliveries() -> None:
     assert result["load_cpu"] == 0.5
 
 
-def test_refusal_code() -> None:
+def test_refusal_code_and_text_frame() -> None:
     assert refusal_code(b'44{"message":"no","data":{"code":"unauthorized"}}') == "unauthorized"
     assert refusal_code(b"44garbage") == "refused"
+    assert text_frame(b"x" * 5)[:2] == b"\x81\x05"
+    assert text_frame(b"x" * 300)[:4] == b"\x81\x7e\x01\x2c"
+    assert text_frame(b"x" * 70000)[:2] == b"\x81\x7f"
 
 
 def test_cli_targets_pids_and_side_by_side_table() -> None:

@@ -185,6 +185,10 @@ async def test_aiohttp_send_frame_writes_before_it_suspends() -> None:
             await ws.close()
     assert msg.type == WSMsgType.TEXT and msg.data == "direct"
     assert seen["one_step"] is True
+    # ``closed`` turns true before the close frame is written: broadcasts write no data after it
+    close = inspect.getsource(web.WebSocketResponse.close)
+    assert close.index("self._set_closed()") < close.index("await self._writer.close(")
+    assert isinstance(web.WebSocketResponse.closed, property)
     assert isinstance(seen["transport"], asyncio.Transport)
     assert seen["messages"] is collections.deque
 

@@ -2,8 +2,9 @@
 
 python-socketio's ``AsyncManager.emit`` creates one asyncio task per recipient; here a
 broadcast encodes its packet once and hands it to each recipient with python-engineio's
-``send_packet``; with the fast websocket driver, a text packet is written straight to each
-idle websocket receiver instead (:func:`service.engine.transport.write_direct`). Recipients
+``send_packet``; with the fast websocket driver, a text packet's websocket frame is built
+once and written straight to each idle websocket receiver instead
+(:func:`service.engine.transport.write_direct`). Recipients
 are counted once per broadcast (no per-recipient metric call).
 """
 
@@ -19,7 +20,7 @@ from socketio import packet
 
 from ..metrics import Metrics
 from ..protocol import MESSAGE_RECEIVED, PRIVATE_RECEIVED
-from .transport import write_direct
+from .transport import text_frame, write_direct
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class FanoutMixin:
             eio_packet.Packet(eio_packet.MESSAGE, p)
             for p in (encoded if isinstance(encoded, list) else [encoded])
         ]
-        # text packets (no binary attachments): one encoded Engine.IO packet for everyone
-        text = ("4" + encoded).encode() if isinstance(encoded, str) else None
+        # text packets (no binary attachments): one websocket frame for every receiver
+        wire = text_frame(("4" + encoded).encode()) if isinstance(encoded, str) else None
         eio = self.server.eio
         sockets = eio.sockets
         sent = 0
@@ -66,7 +67,7 @@ class FanoutMixin:
             if socket is None or socket.closed:
                 continue
             sent += 1
-            if text is not None and write_direct(socket, text):
+            if wire is not None and write_direct(socket, wire):
                 continue
             for frame in frames:
                 try:
