@@ -6,16 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..cluster import RedisManager
 from ..config import Settings
+from ..engine.fanout import LocalManager
 from .history import HistoryStore, MemoryHistory, RedisHistory
 from .link import RedisLink
 from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
-if TYPE_CHECKING:  # the managers import the metrics, which import the protocol
+if TYPE_CHECKING:
     import socketio
 
-    from ..cluster import RedisManager
     from ..metrics import Metrics
 
 
@@ -69,11 +70,7 @@ def build_backend(settings: Settings, metrics: Metrics, stores: Stores | None = 
     fall back while the manager's monitor says Redis is down. ``stores`` overrides the
     stores (tests)."""
     if not settings.cluster:
-        from ..engine.fanout import LocalManager
-
         return Backend(stores or memory_stores(settings), LocalManager(metrics))
-    from ..cluster import RedisManager
-
     manager = RedisManager(settings, metrics)
     link = RedisLink(manager.redis, metrics, settings.redis_prefix, lambda: manager.available)
     stores = stores or redis_stores(settings, link)
