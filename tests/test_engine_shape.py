@@ -34,7 +34,8 @@ from service.engine.queue import BoundedSendQueue
 from service.engine.server import EngineIOServer
 from service.engine.transport import WriteThroughQueue
 
-from .helpers import ROOT, connect, running_server
+from .helpers import ROOT, connect, running_server, token
+from .rawclient import open_raw
 
 UPSTREAM_SOURCES = {
     # the fast driver's serve()/probe() follow this read loop and upgrade sequence: when it
@@ -239,6 +240,41 @@ async def test_websocket_sessions_are_tracked_with_either_driver(clients, driver
                     break
                 await asyncio.sleep(0.05)
             assert eio_sid not in srv.app[keys.GUARD].websockets
+
+
+PLACEHOLDER = '{"_placeholder":true,"num":0}'
+BAD_BINARY_PACKETS = {
+    "11 attachments declared": (f'4511-["presence:get",{PLACEHOLDER}]',),
+    # 3 x 8000 bytes: each frame fits max_http_buffer_size (18432 here), the packet does not
+    "attachments past the size limit": (
+        '453-["presence:get",[' + ",".join([PLACEHOLDER] * 3) + "]]",
+        *(b"x" * 8000 for _ in range(3)),
+    ),
+}
+
+
+@pytest.mark.parametrize("driver", ["fast", "stock"])
+@pytest.mark.parametrize("attack", sorted(BAD_BINARY_PACKETS))
+async def test_unbounded_binary_attachments_disconnect_the_sender(attack: str, driver: str) -> None:
+    """The engine's packet class bounds attachments (python-socketio would buffer them
+    without limit); the guard disconnects the sender, counted as a protocol error."""
+    async with running_server(websocket_driver=driver, max_message_bytes=1024) as srv:
+        registry = srv.app[keys.METRICS].registry
+        labels = {"reason": "protocol_error"}
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, "websocket", http)
+            await raw.connect({"token": token("mallory")})
+            before = registry.get_sample_value("socketio_clients_evicted_total", labels)
+            await raw.send(*BAD_BINARY_PACKETS[attack])
+            await raw.drain(3)
+            assert raw.closed, "the sender is still connected"
+            after = registry.get_sample_value("socketio_clients_evicted_total", labels)
+            assert after == (before or 0) + 1
+            await raw.close()
+            honest = await open_raw(srv.url, "websocket", http)  # the server still serves
+            await honest.connect({"token": token("alice")})
+            assert (await honest.call("join:room", "r"))["ok"]
+            await honest.close()
 
 
 async def test_unknown_library_version_falls_back_to_stock(
