@@ -221,6 +221,11 @@ async def test_websocket_sessions_are_tracked_with_either_driver(clients, driver
         eio = srv.app[keys.SIO].eio
         fast = driver == "fast"
         assert (eio._async["websocket"] is eio_aiohttp.WebSocket) is not fast
+        # nothing is patched process-wide: other Engine.IO servers stay stock
+        assert AsyncSocket.schedule_ping.__module__ == "engineio.async_socket"
+        assert engineio.AsyncServer(async_mode="aiohttp")._async["websocket"] is (
+            eio_aiohttp.WebSocket
+        )
         for transports in (["websocket"], ["polling", "websocket"]):
             client = await connect(srv.url, "alice", transports=transports)
             clients.append(client)

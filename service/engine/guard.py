@@ -13,9 +13,10 @@
   that has not connected to a namespace within ``CONNECT_TIMEOUT_SECONDS`` is closed
   (socket.io's ``connectTimeout``; python-socketio has none).
 * **Bounded send buffering**: each Engine.IO socket's outgoing queue (the engine's
-  ``create_queue``, :mod:`.queue`) never blocks the sender and holds at most ``SEND_BUFFER_BYTES``;
-  a client that lets it overflow is disconnected and its TCP connection aborted, so one
-  slow consumer costs bounded memory and never delays a broadcast to the others.
+  ``create_queue``, :mod:`.queue`) never blocks the sender and holds at most
+  ``SEND_BUFFER_BYTES``; a client that lets it overflow is disconnected and its TCP
+  connection aborted, so one slow consumer costs bounded memory and never delays a
+  broadcast to the others.
 * **Stalled websockets**: a websocket whose Engine.IO socket is closed (python-engineio's
   ping-timeout check, eviction) but whose TCP connection lingers (a writer stuck on a peer
   that stopped reading) is aborted: stock python-engineio waits for that writer forever.
