@@ -34,9 +34,12 @@ NODE_DEPS := tests/js/node_modules/.package-lock.json tests/k8s/grafana/node_mod
 run: $(RUN_STAMP) tests/js/node_modules/.package-lock.json
 	$(BIN)/socketio-service --dev
 
-## test: every suite (fast, slow, k8s); CI runs exactly this
+## test: every suite (fast, slow, k8s), then the protocol suites again on python-engineio's
+## stock websocket handling (the fallback driver); CI runs exactly this
 test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/pytest
+	WEBSOCKET_DRIVER=stock $(BIN)/pytest tests/test_protocol.py tests/test_hostile_input.py \
+	  tests/test_client.py tests/test_js_client.py tests/test_engine_shape.py
 
 ## test-fast: the quick suite while you work (no slow, no k8s)
 test-fast: $(STAMP) tests/js/node_modules/.package-lock.json

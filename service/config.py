@@ -193,6 +193,7 @@ class Settings:
     log_format: str = "json"
     instance_id: str = ""
     websocket_compression: bool = False
+    websocket_driver: str = "fast"
     admin_ui: bool = False
     admin_username: str = "admin"
     admin_password: str = field(default="", repr=False)
@@ -317,6 +318,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
     "INSTANCE_ID": ("instance_id", str.strip),
     "WEBSOCKET_COMPRESSION": ("websocket_compression", _bool),
+    "WEBSOCKET_DRIVER": ("websocket_driver", _choice("fast", "stock")),
     "ADMIN_UI": ("admin_ui", _bool),
     "ADMIN_USERNAME": ("admin_username", str.strip),
     "ADMIN_PASSWORD": ("admin_password", str.strip),

@@ -14,11 +14,10 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
-from . import keys
+from . import engine, keys
 from .chat import ChatNamespace
 from .engine.headers import install_header_timeout
 from .protocol import SERVER_SHUTDOWN
@@ -106,33 +105,15 @@ async def drain(app: web.Application) -> None:
     )
 
 
-async def _close_transport(sock: Any, reason: str) -> None:
-    await sock.close(wait=False, reason=reason)  # queues the Engine.IO close packet
-    await sock.queue.put(None)  # then the websocket writer closes the connection itself
-
-
 async def close_transports(app: web.Application, grace: float = CLOSE_GRACE_SECONDS) -> None:
-    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds.
-
-    python-engineio's ``disconnect()`` waits until each socket's queue is drained, which for
-    a long-polling client that went away lasts until its ping timeout (45 s by default), and
-    leaves a websocket open until the client closes it: both longer than a pod's grace
-    period. Here the close packet is queued, the websocket is closed from our side, and a
-    long-poll that nobody collects is dropped.
-    """
-    eio = app[keys.SIO].eio
-    sockets = list(eio.sockets.values())
-    if sockets:
-        reason = eio.reason.SERVER_DISCONNECT
-        tasks = [asyncio.create_task(_close_transport(sock, reason)) for sock in sockets]
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
+    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds
+    (python-engineio's own ``disconnect()`` can wait a ping timeout per socket)."""
+    closed = await engine.close_transports(app[keys.SIO], grace)
+    if closed:
         log.info(
             "closed remaining transports",
-            extra={"event": "transports_closed", "connections": len(sockets)},
+            extra={"event": "transports_closed", "connections": closed},
         )
-    eio.sockets = {}
 
 
 async def monitor_event_loop(app: web.Application) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ from service.engine.headers import install_header_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
+WEBSOCKET_DRIVER = os.environ.get("WEBSOCKET_DRIVER", "fast").strip().lower() or "fast"
 
 
 def free_port() -> int:
@@ -70,6 +71,9 @@ def make_settings(**overrides: Any) -> Settings:
         # python-socketio's polling client waits for the pending GET on disconnect
         "ping_interval": 2.0,
         "ping_timeout": 5.0,
+        # CI runs the protocol suite with both websocket drivers (subprocess services
+        # inherit WEBSOCKET_DRIVER from the environment)
+        "websocket_driver": WEBSOCKET_DRIVER,
     }
     base.update(overrides)
     return Settings.from_env({}, **base)
@@ -140,8 +144,8 @@ class Client:
             await self.sio.disconnect()
             return
         for namespace in list(self.sio.namespaces):
-            await self.sio._send_packet(
-                self.sio.packet_class(socketio.packet.DISCONNECT, namespace=namespace)
+            await self.sio.eio.send(
+                self.sio.packet_class(socketio.packet.DISCONNECT, namespace=namespace).encode()
             )
         await self.sio.eio.disconnect(abort=True)
 

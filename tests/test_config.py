@@ -17,6 +17,8 @@ def test_defaults_are_the_contract():
     assert settings.cors_allowed_origins == ()  # same origin only, never '*' by default
     assert settings.algorithms == ("HS256",)
     assert not settings.cluster and not settings.admin_ui and not settings.websocket_compression
+    assert settings.websocket_driver == "fast"
+    assert Settings.from_env({**SECRET, "WEBSOCKET_DRIVER": "Stock"}).websocket_driver == "stock"
     assert settings.instance_id  # the hostname, i.e. the pod name
 
 
@@ -43,6 +45,7 @@ def test_every_documented_variable_is_read():
         "LOG_LEVEL",
         "LOG_FORMAT",
         "INSTANCE_ID",
+        "WEBSOCKET_DRIVER",
     ):
         assert name in VARIABLES
 
@@ -62,6 +65,7 @@ def test_every_documented_variable_is_read():
         ("MAX_CONNECTIONS", "1.5"),
         ("PING_INTERVAL", "-1"),
         ("WEBSOCKET_COMPRESSION", "maybe"),
+        ("WEBSOCKET_DRIVER", "turbo"),
         ("SHUTDOWN_DELAY_SECONDS", "30"),
         ("JWT_PUBLIC_KEY", "/nonexistent.pem"),
     ],

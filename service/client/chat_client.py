@@ -826,8 +826,8 @@ async def _hang_up(sio: socketio.AsyncClient) -> None:
     try:
         if sio.connected:
             for namespace in list(sio.namespaces):
-                await sio._send_packet(
-                    sio.packet_class(socketio.packet.DISCONNECT, namespace=namespace)
+                await sio.eio.send(
+                    sio.packet_class(socketio.packet.DISCONNECT, namespace=namespace).encode()
                 )
         await sio.eio.disconnect(abort=True)
     except Exception:  # an already broken transport is fine: we are leaving anyway

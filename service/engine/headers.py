@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from .. import keys
 
@@ -86,12 +85,7 @@ def install_header_timeout(runner: web.AppRunner) -> None:
     ``socketio_http_header_timeouts_total``."""
     app = runner.app
     timeout = app[keys.SETTINGS].http_header_timeout_seconds
-    counter = Counter(
-        "socketio_http_header_timeouts",
-        "Connections aborted for sending request headers too slowly",
-        registry=app[keys.METRICS].registry,
-    )
-    time_request_heads(runner.server, timeout, counter.inc)
+    time_request_heads(runner.server, timeout, app[keys.METRICS].http_header_timeouts.inc)
 
 
 def time_request_heads(
