@@ -23,6 +23,7 @@ from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
 from .metrics import Metrics, event_label
+from .rooms import RoomAccess
 from .stores import Stores
 from .stores.history import HistoryUnavailable
 
@@ -37,6 +38,7 @@ class Session:
 
     user_id: str
     rooms: set[str] = field(default_factory=set)
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.gate = gate
         self.verifier = TokenVerifier(settings)
+        self.access = RoomAccess(settings, metrics)
         self.sessions: dict[str, Session] = {}
         self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
@@ -147,7 +150,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise self._refuse("rate_limited", "too many connection attempts")
         if self._user_sockets[claims.user_id] >= self.settings.max_sockets_per_user:
             raise self._refuse("overloaded", "too many connections for this user")
-        self.sessions[sid] = Session(claims.user_id)
+        self.sessions[sid] = Session(claims.user_id, claims=claims.raw)
         self._user_sockets[claims.user_id] += 1
         await self.enter_room(sid, p.user_channel(claims.user_id))
         transport = self.server.transport(sid, self.namespace)
@@ -175,6 +178,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise p.EventError(
                 "too_many_rooms", f"at most {self.settings.max_rooms_per_socket} rooms per socket"
             )
+        if new:
+            await self.access.check(session.user_id, session.claims, room_id)
         if new:
             channel = p.room_channel(room_id)
             await self.enter_room(sid, channel)
@@ -290,6 +295,8 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def get_history(self, sid: str, session: Session, payload: Any) -> Ack:
         query = p.history_query(payload, max(1, self.settings.history_size))
+        if query.room_id not in session.rooms:
+            raise p.EventError("not_in_room", "join the room first")
         try:
             messages = await self.stores.history.recent(query.room_id, query.limit, query.before)
         except HistoryUnavailable:
@@ -297,5 +304,5 @@ class ChatNamespace(socketio.AsyncNamespace):
         return {"roomId": query.room_id, "messages": messages}
 
     async def get_presence(self, sid: str, session: Session, payload: Any) -> Ack:
-        room_id = p.room_ref(payload)
+        room_id = self._member_room(session, payload)
         return {"roomId": room_id, "users": await self.stores.presence.users(room_id)}

@@ -21,6 +21,8 @@ from .protocol import CLIENT_EVENTS, DISCONNECT_REASONS, ERROR_CODES, SERVER_EVE
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONNECT_ERROR_CODES = ("unauthorized", "overloaded", "draining", "rate_limited")
+ROOM_AUTH_RESULTS = ("allow", "deny", "error")
+"""Outcomes of the ROOM_AUTH_URL hook (``error`` covers timeouts and malformed answers)."""
 
 
 def event_label(event: str) -> str:
@@ -107,6 +109,13 @@ class Metrics:
         self.messages_stored = Counter(
             "socketio_messages_stored", "Messages appended to history", registry=r
         )
+        self.room_auth_duration = Histogram(
+            "socketio_room_auth_duration_seconds",
+            "Round trips to the ROOM_AUTH_URL join hook (cached answers are not counted)",
+            ["result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.build_info = Gauge(
             "socketio_build_info", "Version of the running service", ["version"], registry=r
         )
@@ -139,3 +148,7 @@ class Metrics:
             self.event_errors.labels(event="message:send", code=code)
         for scope in ("local", "remote"):
             self.delivery_latency.labels(scope=scope)
+        for code in ERROR_CODES:
+            self.event_errors.labels(event="join:room", code=code)
+        for result in ROOM_AUTH_RESULTS:
+            self.room_auth_duration.labels(result=result)

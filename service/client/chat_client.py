@@ -48,6 +48,7 @@ __all__ = [
     "ConnectFailed",
     "Disconnected",
     "EventRefused",
+    "Forbidden",
     "HandshakeRefused",
     "InvalidPayload",
     "NotInRoom",
@@ -104,6 +105,11 @@ class NotInRoom(EventRefused):
     pass
 
 
+class Forbidden(EventRefused):
+    """``forbidden``: this token may not join the room (its ``rooms`` claim or the
+    server's join hook says no); retrying with the same token will not help."""
+
+
 class RateLimited(EventRefused):
     @property
     def retry_after_ms(self) -> int | None:
@@ -155,6 +161,7 @@ class ClientClosed(ChatError):
 _EVENT_ERRORS: dict[str, type[EventRefused]] = {
     "invalid_payload": InvalidPayload,
     "not_in_room": NotInRoom,
+    "forbidden": Forbidden,
     "rate_limited": RateLimited,
     "too_large": TooLarge,
     "too_many_rooms": TooManyRooms,
