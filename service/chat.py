@@ -22,7 +22,10 @@ import socketio
 from . import protocol as p
 from .auth import AuthError, TokenVerifier, token_from_handshake
 from .config import Settings
+from .engine.recovery import install_connect_pid, transport_ended
 from .metrics import Metrics, event_label
+from .recovery import RECOVERABLE_REASONS, START, Recovery, id_key, new_pid, resume_request
+from .recovery import with_offset as recovery_args
 from .rooms import RoomAccess
 from .stores import Stores
 from .stores.history import HistoryUnavailable
@@ -39,6 +42,10 @@ class Session:
     user_id: str
     rooms: set[str] = field(default_factory=set)
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    pid: str | None = None
+    """The private session id of connection state recovery (``None`` when it is off)."""
+    upto: dict[str, str] = field(default_factory=dict)
+    """Per room, the newest message id the client had when it joined (for recovery)."""
 
 
 @dataclass
@@ -68,6 +75,15 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.gate = gate
         self.verifier = TokenVerifier(settings)
         self.access = RoomAccess(settings, metrics)
+        self.recovery = Recovery(
+            stores.sessions,
+            stores.history,
+            # without history there is nothing to recover from
+            window_seconds=settings.connection_state_recovery_seconds
+            if settings.history_size > 0
+            else 0,
+            max_rooms=settings.max_rooms_per_socket,
+        )
         self.sessions: dict[str, Session] = {}
         self._user_sockets: Counter[str] = Counter()  # bounds rooms per user with the above
         self._unstored = 0
@@ -153,6 +169,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.sessions[sid] = Session(claims.user_id, claims=claims.raw)
         self._user_sockets[claims.user_id] += 1
         await self.enter_room(sid, p.user_channel(claims.user_id))
+        if self.recovery.enabled:
+            await self._recover_or_start(sid, self.sessions[sid], auth)
         transport = self.server.transport(sid, self.namespace)
         self.metrics.connections.labels(transport=transport).inc()
         log.debug("connected", extra={"event": "connect", "user": claims.user_id})
@@ -162,6 +180,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics.disconnections.labels(reason=p.DISCONNECT_REASONS.get(reason, "other")).inc()
         if session is None:
             return
+        if session.pid is not None and (
+            reason in RECOVERABLE_REASONS
+            or self.gate.draining
+            or transport_ended(self.server, sid, self.namespace)
+        ):
+            # the client comes back by itself (a drain closes transports): keep its session
+            rooms = {room_id: session.upto.get(room_id, START) for room_id in session.rooms}
+            await self.recovery.persist(session.pid, session.user_id, rooms)
         self._user_sockets[session.user_id] -= 1
         if not self._user_sockets[session.user_id]:
             del self._user_sockets[session.user_id]
@@ -200,6 +226,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             # joined all the same; the client keeps its `since` and can ask again later
             if request.since is not None:
                 result.update(missed=[], recovered=False)
+        if new:
+            known = [m["id"] for m in (*result["history"], *result.get("missed", []))]
+            session.upto[room_id] = max(known, key=id_key, default=START)
         await self.emit(p.JOINED_ROOM, room_id, to=sid)
         if new:
             await self.emit(
@@ -217,6 +246,7 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def _left(self, sid: str, session: Session, room_id: str) -> None:
         session.rooms.discard(room_id)
+        session.upto.pop(room_id, None)
         await self.leave_room(sid, p.room_channel(room_id))
         await self.stores.presence.remove(room_id, session.user_id, sid)
         await self.emit(
@@ -306,3 +336,86 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def get_presence(self, sid: str, session: Session, payload: Any) -> Ack:
         room_id = self._member_room(session, payload)
         return {"roomId": room_id, "users": await self.stores.presence.users(room_id)}
+
+    # -- connection state recovery ----------------------------------------------------------
+
+    async def emit(  # type: ignore[override]
+        self,
+        event: str,
+        data: Any = None,
+        to: Any = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        namespace: str | None = None,
+        callback: Any = None,
+        ignore_queue: bool = False,
+    ) -> Any:
+        """Every emit of this namespace; with recovery on, room messages carry their offset."""
+        if self.recovery.enabled:
+            data = recovery_args(event, data)
+        return await super().emit(
+            event,
+            data,
+            to=to,
+            room=room,
+            skip_sid=skip_sid,
+            namespace=namespace,
+            callback=callback,
+            ignore_queue=ignore_queue,
+        )
+
+    def _pid_for(self, sid: str) -> str | None:
+        session = self.sessions.get(sid)
+        return session.pid if session is not None else None
+
+    async def _recover_or_start(self, sid: str, session: Session, auth: object) -> None:
+        """Bring back the session a reconnecting client names, or start a new one.
+
+        Runs inside the connect handler, so what it emits reaches the client before the
+        CONNECT answer (the official client buffers it until connected, as with socket.io).
+        """
+        install_connect_pid(self.server, self.namespace, self._pid_for)
+        resume = resume_request(auth)
+        rooms = await self.recovery.take(resume, session.user_id) if resume else None
+        if resume is None or rooms is None or not await self._may_rejoin(session, rooms):
+            session.pid = new_pid()
+            return
+        channels = [p.room_channel(room_id) for room_id in sorted(rooms)]
+        for channel in channels:
+            await self.enter_room(sid, channel)
+        for channel in channels:
+            await self.server.manager.wait_subscribed(channel)
+        # rooms first, history next: nothing stored meanwhile falls between the two
+        found = await self.recovery.missed(rooms, resume.offset)
+        if found is None:
+            for channel in channels:
+                await self.leave_room(sid, channel)
+            session.pid = new_pid()
+            log.info("recovery: gap not kept", extra={"event": "recovery_failed"})
+            return
+        session.pid = resume.pid
+        positions, missed = found
+        for room_id in sorted(rooms):
+            session.rooms.add(room_id)
+            session.upto[room_id] = positions[room_id]
+            await self.stores.presence.add(room_id, session.user_id, sid)
+            await self.emit(
+                p.USER_JOINED,
+                {"userId": session.user_id, "roomId": room_id, "timestamp": now_ms()},
+                room=p.room_channel(room_id),
+                skip_sid=sid,
+            )
+        for message in missed:
+            await self.emit(p.MESSAGE_RECEIVED, message, to=sid, ignore_queue=True)
+        log.debug(
+            "recovered",
+            extra={"event": "recovered", "rooms": len(rooms), "missed": len(missed)},
+        )
+
+    async def _may_rejoin(self, session: Session, rooms: Mapping[str, str]) -> bool:
+        """Access is checked again: a room no longer allowed makes the recovery fail (the
+        client then rejoins by itself and hears ``forbidden``)."""
+        for room_id in rooms:
+            if not await self.access.allowed(session.user_id, session.claims, room_id):
+                return False
+        return True

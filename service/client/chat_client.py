@@ -587,11 +587,13 @@ class ChatClient:
                 self._ready.clear()
                 self._emit(DISCONNECTED, {"url": conn.url, "reason": conn.reason})
 
-        def on_message(data: Any) -> None:
+        def on_message(data: Any = None, *_offset: Any) -> None:
+            # the server appends the message id (the Socket.IO recovery offset): not needed
+            # here, rooms are rejoined by id
             if current():
                 self._on_room_message(data)
 
-        def on_private(data: Any) -> None:
+        def on_private(data: Any = None, *_: Any) -> None:
             if not current():
                 return
             message_id = data.get("id") if isinstance(data, dict) else None
@@ -603,12 +605,14 @@ class ChatClient:
                     self._private_seen.popitem(last=False)
             self._emit(p.PRIVATE_RECEIVED, data)
 
-        def on_shutdown(data: Any = None) -> None:
+        def on_shutdown(data: Any = None, *_: Any) -> None:
             if current():
                 self._shutdown_notice = True
                 self._emit(p.SERVER_SHUTDOWN, data)
 
         def on_other(event: str, *args: Any) -> None:
+            if event == p.JOINED_ROOM:
+                args = args[:1]  # a trailing null keeps the recovery offset of JS clients
             if current():
                 self._emit(event, args[0] if len(args) == 1 else list(args))
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import Settings
 from .history import HistoryStore, MemoryHistory, RedisHistory
 from .link import RedisLink
 from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from .sessions import MemorySessions, RedisSessions, SessionStore
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class Stores:
     history: HistoryStore
     presence: PresenceStore
     limiter: RateLimiter
+    sessions: SessionStore = field(default_factory=MemorySessions)
+    """Disconnected sessions kept for connection state recovery."""
 
 
 def memory_stores(settings: Settings) -> Stores:
@@ -41,4 +44,5 @@ def redis_stores(settings: Settings, link: RedisLink) -> Stores:
             events=settings.rate_limit_events,
             window_seconds=settings.rate_limit_window_seconds,
         ),
+        sessions=RedisSessions(link),
     )
