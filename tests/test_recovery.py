@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from service import keys
+from service.lifecycle import drain
 from service.recovery import Resume, resume_request, with_offset
 from service.stores.sessions import MemorySessions, RedisSessions
 
@@ -313,3 +314,30 @@ async def test_redis_sessions_expire_and_are_taken_once(redis_url):
         assert await store.take("p2") is None
     finally:
         await client.aclose()
+
+
+async def test_drain_closes_transports_so_the_official_client_comes_back(redis_url):
+    """The drain ends sockets at the Engine.IO level: the client reads ``transport close``
+    (not ``io server disconnect``, after which it would stay down), reconnects by itself
+    and recovers on the instance the load balancer (here: the proxy) now sends it to."""
+    async with setup(redis_url, count=2) as env:
+        sender = await connect(env.servers[1].url, "bob")
+        try:
+            async with js_client(env.url, "websocket", token("alice")) as js:
+                await js.call("join", "r")
+                await sender.call("join:room", "r")
+                mark = len(js.lines)
+                # the load balancer sends new connections elsewhere; open ones stay
+                env.proxy.target_port = int(env.servers[1].url.rsplit(":", 1)[1])
+                await drain(env.servers[0].app)
+                gone = await js.event("disconnect", after=mark)
+                assert gone["reason"] == "transport close"
+                await sender.call("message:send", {"roomId": "r", "message": "meanwhile"})
+                back = await js.event("connect", after=mark)
+                assert back["recovered"] is True
+                await js.wait(lambda line: line.get("text") == "meanwhile")
+                events = [line["ev"] for line in js.lines[mark:]]
+                assert events[:2] == ["shutdown", "disconnect"]
+                assert user_sessions(env.servers[1], "alice")
+        finally:
+            await sender.close()
