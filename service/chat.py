@@ -376,9 +376,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         """
         install_connect_pid(self.server, self.namespace, self._pid_for)
         resume = resume_request(auth)
-        rooms = await self.recovery.take(resume, session.user_id) if resume else None
-        if resume is None or rooms is None or not await self._may_rejoin(session, rooms):
+        if resume is None:
             session.pid = new_pid()
+            return
+        rooms = await self.recovery.take(resume, session.user_id)
+        if rooms is None or not await self._may_rejoin(session, rooms):
+            session.pid = new_pid()
+            result = "unknown" if rooms is None else "incomplete"
+            self.metrics.recoveries.labels(result=result).inc()
             return
         channels = [p.room_channel(room_id) for room_id in sorted(rooms)]
         for channel in channels:
@@ -391,6 +396,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             for channel in channels:
                 await self.leave_room(sid, channel)
             session.pid = new_pid()
+            self.metrics.recoveries.labels(result="incomplete").inc()
             log.info("recovery: gap not kept", extra={"event": "recovery_failed"})
             return
         session.pid = resume.pid
@@ -407,6 +413,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             )
         for message in missed:
             await self.emit(p.MESSAGE_RECEIVED, message, to=sid, ignore_queue=True)
+        self.metrics.recoveries.labels(result="recovered").inc()
         log.debug(
             "recovered",
             extra={"event": "recovered", "rooms": len(rooms), "missed": len(missed)},

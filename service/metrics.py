@@ -22,6 +22,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONNECT_ERROR_CODES = ("unauthorized", "overloaded", "draining", "rate_limited")
 ROOM_AUTH_RESULTS = ("allow", "deny", "error")
+RECOVERY_RESULTS = ("recovered", "unknown", "incomplete")
+"""Reconnects that brought a pid: restored; no session for it (expired, unknown, another
+user's); or a session that could not be restored (gap not kept, room refused, Redis down)."""
 """Outcomes of the ROOM_AUTH_URL hook (``error`` covers timeouts and malformed answers)."""
 
 
@@ -116,6 +119,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.recoveries = Counter(
+            "socketio_connection_recoveries",
+            "Reconnects that asked for connection state recovery, by outcome",
+            ["result"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "socketio_build_info", "Version of the running service", ["version"], registry=r
         )
@@ -152,3 +161,5 @@ class Metrics:
             self.event_errors.labels(event="join:room", code=code)
         for result in ROOM_AUTH_RESULTS:
             self.room_auth_duration.labels(result=result)
+        for result in RECOVERY_RESULTS:
+            self.recoveries.labels(result=result)

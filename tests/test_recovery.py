@@ -69,6 +69,10 @@ def user_sessions(server: RunningServer, user: str) -> list[Any]:
     return [s for s in sessions if s.user_id == user]
 
 
+def recoveries(server: RunningServer, result: str) -> float:
+    return server.app[keys.METRICS].recoveries.labels(result=result)._value.get()
+
+
 async def until(predicate: Any, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -119,6 +123,8 @@ async def run_recovery(env: Setup, transport: str, *, move_to: int | None) -> No
             assert len(set(ids)) == len(ids)
             # whoever is in the room saw alice come back
             await sender.wait_for("user:joined", lambda e: e["userId"] == "alice")
+            landed = env.servers[move_to or 0]
+            assert recoveries(landed, "recovered") == 1
     finally:
         await sender.close()
 
@@ -154,6 +160,7 @@ async def test_expired_session_is_a_fresh_connection(transport):
                 mark = await drop_and_chat(env, js, sender, ["gap"])
                 back = await js.event("connect", after=mark)
                 assert back["recovered"] is False
+                assert recoveries(env.servers[0], "unknown") == 1
                 assert (await js.call("presence", "r"))["error"]["code"] == "not_in_room"
                 assert js.texts() == []
         finally:
@@ -341,3 +348,24 @@ async def test_drain_closes_transports_so_the_official_client_comes_back(redis_u
                 assert user_sessions(env.servers[1], "alice")
         finally:
             await sender.close()
+
+
+async def test_a_gap_older_than_history_is_not_recovered(clients):
+    """Messages dropped from history cannot be replayed: a fresh session, never a silent
+    hole."""
+    async with running_server(history_size=2) as server:
+        alice = await connect(server.url, "alice")
+        await alice.call("join:room", "r")
+        [session] = user_sessions(server, "alice")
+        await alice.sio.eio.disconnect(abort=True)
+        await until(lambda: not user_sessions(server, "alice"))
+        bob = await connect(server.url, "bob")
+        clients.append(bob)
+        await bob.call("join:room", "r")
+        for n in range(5):
+            await bob.call("message:send", {"roomId": "r", "message": f"m{n}"})
+        back = await connect(server.url, None, auth={"token": token("alice"), "pid": session.pid})
+        clients.append(back)
+        assert (await back.call("presence:get", "r"))["error"]["code"] == "not_in_room"
+        assert back.events["message:received"] == []
+        assert recoveries(server, "incomplete") == 1
