@@ -18,6 +18,8 @@ def test_defaults_are_the_contract():
     assert settings.algorithms == ("HS256",)
     assert not settings.cluster and not settings.admin_ui and not settings.websocket_compression
     assert settings.instance_id  # the hostname, i.e. the pod name
+    assert settings.room_access == "open" and not settings.room_auth_url
+    assert settings.connection_state_recovery_seconds == 120
 
 
 def test_every_documented_variable_is_read():
@@ -43,6 +45,9 @@ def test_every_documented_variable_is_read():
         "LOG_LEVEL",
         "LOG_FORMAT",
         "INSTANCE_ID",
+        "ROOM_ACCESS",
+        "ROOM_AUTH_URL",
+        "CONNECTION_STATE_RECOVERY_SECONDS",
     ):
         assert name in VARIABLES
 
@@ -64,6 +69,11 @@ def test_every_documented_variable_is_read():
         ("WEBSOCKET_COMPRESSION", "maybe"),
         ("SHUTDOWN_DELAY_SECONDS", "30"),
         ("JWT_PUBLIC_KEY", "/nonexistent.pem"),
+        ("ROOM_ACCESS", "closed"),
+        ("ROOM_AUTH_URL", "ftp://auth.example/can-join"),
+        ("ROOM_AUTH_URL", "auth.example"),
+        ("ROOM_AUTH_TIMEOUT_SECONDS", "0"),
+        ("CONNECTION_STATE_RECOVERY_SECONDS", "-1"),
     ],
 )
 def test_invalid_values_name_the_variable(name, value):
