@@ -7,6 +7,7 @@ labels bounded. A malformed event never raises out of here and never reaches oth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -46,6 +47,8 @@ class Session:
     """The private session id of connection state recovery (``None`` when it is off)."""
     upto: dict[str, str] = field(default_factory=dict)
     """Per room, the newest message id the client had when it joined (for recovery)."""
+    kept: bool = False
+    """Its recovery session was saved while it was still connected (a drain began)."""
 
 
 @dataclass
@@ -186,8 +189,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             or transport_ended(self.server, sid, self.namespace)
         ):
             # the client comes back by itself (a drain closes transports): keep its session
-            rooms = {room_id: session.upto.get(room_id, START) for room_id in session.rooms}
-            await self.recovery.persist(session.pid, session.user_id, rooms)
+            await self._keep(session, only_if_kept=session.kept)
         self._user_sockets[session.user_id] -= 1
         if not self._user_sockets[session.user_id]:
             del self._user_sockets[session.user_id]
@@ -363,6 +365,30 @@ class ChatNamespace(socketio.AsyncNamespace):
             callback=callback,
             ignore_queue=ignore_queue,
         )
+
+    async def _keep(self, session: Session, *, only_if_kept: bool = False) -> None:
+        assert session.pid is not None
+        rooms = {room_id: session.upto.get(room_id, START) for room_id in session.rooms}
+        await self.recovery.persist(session.pid, session.user_id, rooms, only_if_kept=only_if_kept)
+
+    async def keep_sessions(self, batch: int = 256) -> int:
+        """Save every connected socket's recovery session now (a drain begins).
+
+        Behind a load balancer a draining instance stops getting requests at once: a
+        long-polling client's next poll lands on another instance, which does not know the
+        Engine.IO session, and the client reconnects there before the drain reaches its
+        socket. With its session saved beforehand it recovers all the same. When the drain
+        later closes the socket, the record is refreshed only if nobody took it meanwhile.
+        """
+        if not self.recovery.enabled:
+            return 0
+        sessions = [s for s in list(self.sessions.values()) if s.pid is not None]
+        for start in range(0, len(sessions), batch):
+            chunk = sessions[start : start + batch]
+            await asyncio.gather(*(self._keep(s) for s in chunk))
+            for session in chunk:
+                session.kept = True
+        return len(sessions)
 
     def _pid_for(self, sid: str) -> str | None:
         session = self.sessions.get(sid)

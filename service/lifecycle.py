@@ -98,6 +98,8 @@ async def drain(app: web.Application) -> None:
     namespace = app[keys.NAMESPACE]
     begin_drain(app)
     log.info("draining", extra={"event": "drain_start", "connections": len(namespace.sessions)})
+    # clients the load balancer moves before their turn recover wherever they land
+    await namespace.keep_sessions()
     await asyncio.sleep(settings.shutdown_delay_seconds)
     sids = list(namespace.sessions)
     started = time.monotonic()

@@ -126,9 +126,14 @@ class Recovery:
     def enabled(self) -> bool:
         return self.window_seconds > 0
 
-    async def persist(self, pid: str, user_id: str, rooms: dict[str, str]) -> None:
-        """Keep a dropped socket's session for the recovery window."""
-        await self._sessions.save(pid, {"u": user_id, "r": rooms}, self.window_seconds)
+    async def persist(
+        self, pid: str, user_id: str, rooms: dict[str, str], *, only_if_kept: bool = False
+    ) -> None:
+        """Keep a dropped socket's session for the recovery window (with ``only_if_kept``:
+        refresh a record kept earlier, unless a reconnect took it meanwhile)."""
+        await self._sessions.save(
+            pid, {"u": user_id, "r": rooms}, self.window_seconds, only_if_kept=only_if_kept
+        )
 
     async def take(self, resume: Resume, user_id: str) -> dict[str, str] | None:
         """The rooms (room -> id the client has) of the session under ``resume.pid``.

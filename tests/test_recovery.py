@@ -300,6 +300,12 @@ async def test_memory_sessions_expire_and_are_taken_once():
     assert await store.take("p2") is None
     await asyncio.sleep(0.1)
     assert await store.take("p1") is None
+    # a refresh never brings back a record that was taken
+    await store.save("p3", {"u": "c", "r": {}}, 60, only_if_kept=True)
+    assert await store.take("p3") is None
+    await store.save("p4", {"u": "d", "r": {}}, 60)
+    await store.save("p4", {"u": "d", "r": {"x": "2-0"}}, 60, only_if_kept=True)
+    assert await store.take("p4") == {"u": "d", "r": {"x": "2-0"}}
 
 
 async def test_redis_sessions_expire_and_are_taken_once(redis_url):
@@ -319,6 +325,11 @@ async def test_redis_sessions_expire_and_are_taken_once(redis_url):
         await store.save("p2", {"u": "a", "r": {}}, 0.05)
         await asyncio.sleep(0.1)
         assert await store.take("p2") is None
+        await store.save("p3", {"u": "c", "r": {}}, 60, only_if_kept=True)
+        assert await store.take("p3") is None
+        await store.save("p4", {"u": "d", "r": {}}, 60)
+        await store.save("p4", {"u": "d", "r": {"x": "2-0"}}, 60, only_if_kept=True)
+        assert await store.take("p4") == {"u": "d", "r": {"x": "2-0"}}
     finally:
         await client.aclose()
 
@@ -369,3 +380,32 @@ async def test_a_gap_older_than_history_is_not_recovered(clients):
         assert (await back.call("presence:get", "r"))["error"]["code"] == "not_in_room"
         assert back.events["message:received"] == []
         assert recoveries(server, "incomplete") == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_client_moved_before_its_drain_turn_still_recovers(redis_url, transport):
+    """Behind a load balancer a draining instance loses its clients' next requests at once
+    (a long-poll lands on another instance: ``Invalid session``), before the drain reaches
+    them. Their sessions are saved when the drain begins, so they recover anyway; the late
+    close on the draining instance does not bring a used session back."""
+    async with setup(redis_url, count=2, shutdown_delay_seconds=3) as env:
+        sender = await connect(env.servers[1].url, "bob")
+        try:
+            async with js_client(env.url, transport, token("alice")) as js:
+                await js.call("join", "r")
+                await sender.call("join:room", "r")
+                [session] = user_sessions(env.servers[0], "alice")
+                draining = asyncio.create_task(drain(env.servers[0].app))
+                await until(lambda: session.kept)
+                await sender.call("message:send", {"roomId": "r", "message": "meanwhile"})
+                mark = len(js.lines)
+                env.point_at(env.servers[1])  # the client's connection moves elsewhere
+                back = await js.event("connect", after=mark)
+                assert back["recovered"] is True
+                assert user_sessions(env.servers[1], "alice")
+                await js.wait(lambda line: line.get("text") == "meanwhile")
+                await draining
+                assert js.texts() == ["meanwhile"]
+                assert await env.servers[0].app[keys.STORES].sessions.take(session.pid) is None
+        finally:
+            await sender.close()

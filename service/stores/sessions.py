@@ -24,8 +24,11 @@ MAX_MEMORY_SESSIONS = 100_000
 
 
 class SessionStore(Protocol):
-    async def save(self, pid: str, record: Record, ttl_seconds: float) -> None:
-        """Keep ``record`` under ``pid`` for ``ttl_seconds``."""
+    async def save(
+        self, pid: str, record: Record, ttl_seconds: float, *, only_if_kept: bool = False
+    ) -> None:
+        """Keep ``record`` under ``pid`` for ``ttl_seconds``; with ``only_if_kept``, only
+        replace a record still there (never bring back one a reconnect has taken)."""
         ...
 
     async def take(self, pid: str) -> Record | None:
@@ -39,9 +42,13 @@ class MemorySessions:
     def __init__(self) -> None:
         self._records: dict[str, tuple[float, Record]] = {}
 
-    async def save(self, pid: str, record: Record, ttl_seconds: float) -> None:
+    async def save(
+        self, pid: str, record: Record, ttl_seconds: float, *, only_if_kept: bool = False
+    ) -> None:
         now = time.monotonic()
-        self._records.pop(pid, None)
+        kept = self._records.pop(pid, None)
+        if only_if_kept and (kept is None or kept[0] <= now):
+            return
         self._records[pid] = (now + ttl_seconds, record)
         # insertion order is deadline order for one TTL: expired records sit at the front
         for key, (deadline, _) in list(self._records.items()):
@@ -62,7 +69,9 @@ class RedisSessions:
     def __init__(self, link: RedisLink) -> None:
         self._link = link
 
-    async def save(self, pid: str, record: Record, ttl_seconds: float) -> None:
+    async def save(
+        self, pid: str, record: Record, ttl_seconds: float, *, only_if_kept: bool = False
+    ) -> None:
         if not self._link.available():
             return
         try:
@@ -71,6 +80,7 @@ class RedisSessions:
                     self._link.key("session", pid),
                     json.dumps(record, separators=(",", ":")),
                     px=max(1, int(ttl_seconds * 1000)),
+                    xx=only_if_kept,
                 )
         except REDIS_ERRORS as exc:
             log.warning("session not saved", extra={"event": "session_error", "error": str(exc)})
