@@ -169,7 +169,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise self._refuse("rate_limited", "too many connection attempts")
         if self._user_sockets[claims.user_id] >= self.settings.max_sockets_per_user:
             raise self._refuse("overloaded", "too many connections for this user")
-        self.sessions[sid] = Session(claims.user_id, claims=claims.raw)
+        kept_claims = claims.raw if self.access.reads_claims else {}
+        self.sessions[sid] = Session(claims.user_id, claims=kept_claims)
         self._user_sockets[claims.user_id] += 1
         await self.enter_room(sid, p.user_channel(claims.user_id))
         if self.recovery.enabled:

@@ -61,6 +61,11 @@ class RoomAccess:
         self._metrics = metrics
         self._answers: dict[tuple[str, str], tuple[bool, float]] = {}
 
+    @property
+    def reads_claims(self) -> bool:
+        """Whether decisions look at the token's claims (else sessions need not keep them)."""
+        return self._claims_mode or bool(self._url)
+
     async def check(self, user_id: str, claims: Mapping[str, Any], room_id: str) -> None:
         if not await self.allowed(user_id, claims, room_id):
             raise EventError("forbidden", "this token may not join this room")
