@@ -8,6 +8,7 @@ labels bounded. A malformed event never raises out of here and never reaches oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -174,7 +175,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._user_sockets[claims.user_id] += 1
         await self.enter_room(sid, p.user_channel(claims.user_id))
         if self.recovery.enabled:
-            await self._recover_or_start(sid, self.sessions[sid], auth)
+            await self._start_session(sid, self.sessions[sid], auth)
         transport = self.server.transport(sid, self.namespace)
         self.metrics.connections.labels(transport=transport).inc()
         log.debug("connected", extra={"event": "connect", "user": claims.user_id})
@@ -394,6 +395,22 @@ class ChatNamespace(socketio.AsyncNamespace):
     def _pid_for(self, sid: str) -> str | None:
         session = self.sessions.get(sid)
         return session.pid if session is not None else None
+
+    async def _start_session(self, sid: str, session: Session, auth: object) -> None:
+        """Recovery never fails a handshake: whatever goes wrong, a fresh session."""
+        try:
+            await self._recover_or_start(sid, session, auth)
+        except Exception:
+            log.exception("recovery failed", extra={"event": "recovery_error"})
+            for channel in self.rooms(sid):
+                if channel.startswith(p.room_channel("")):
+                    await self.leave_room(sid, channel)
+            for room_id in list(session.rooms):
+                with contextlib.suppress(Exception):
+                    await self.stores.presence.remove(room_id, session.user_id, sid)
+            session.rooms.clear()
+            session.upto.clear()
+            session.pid = new_pid()
 
     async def _recover_or_start(self, sid: str, session: Session, auth: object) -> None:
         """Bring back the session a reconnecting client names, or start a new one.

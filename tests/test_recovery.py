@@ -409,3 +409,24 @@ async def test_a_client_moved_before_its_drain_turn_still_recovers(redis_url, tr
                 assert await env.servers[0].app[keys.STORES].sessions.take(session.pid) is None
         finally:
             await sender.close()
+
+
+async def test_a_failing_restore_still_connects_fresh(server, clients, monkeypatch):
+    """Whatever breaks during a restore, the handshake succeeds with a new session."""
+    alice = await connect(server.url, "alice")
+    await alice.call("join:room", "r")
+    [session] = user_sessions(server, "alice")
+    await alice.sio.eio.disconnect(abort=True)
+    await until(lambda: not user_sessions(server, "alice"))
+    recovery = server.app[keys.NAMESPACE].recovery
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(recovery, "missed", broken)
+    back = await connect(server.url, None, auth={"token": token("alice"), "pid": session.pid})
+    clients.append(back)
+    assert (await back.call("presence:get", "r"))["error"]["code"] == "not_in_room"
+    [fresh] = user_sessions(server, "alice")
+    assert fresh.pid != session.pid and not fresh.rooms
+    assert not [r for r in server.app[keys.SIO].manager.rooms["/"] if str(r).startswith("room:")]
