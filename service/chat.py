@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import socketio
@@ -37,13 +38,17 @@ log = logging.getLogger(__name__)
 Ack = dict[str, Any]
 
 
-@dataclass
+NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+"""Shared by every session whose claims room access never reads."""
+
+
+@dataclass(slots=True)
 class Session:
-    """What the server knows about one connected socket."""
+    """What the server knows about one connected socket (slots: one per connection)."""
 
     user_id: str
     rooms: set[str] = field(default_factory=set)
-    claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    claims: Mapping[str, Any] = field(default_factory=lambda: NO_CLAIMS, repr=False)
     pid: str | None = None
     """The private session id of connection state recovery (``None`` when it is off)."""
     upto: dict[str, str] = field(default_factory=dict)
@@ -170,7 +175,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise self._refuse("rate_limited", "too many connection attempts")
         if self._user_sockets[claims.user_id] >= self.settings.max_sockets_per_user:
             raise self._refuse("overloaded", "too many connections for this user")
-        kept_claims = claims.raw if self.access.reads_claims else {}
+        kept_claims = claims.raw if self.access.reads_claims else NO_CLAIMS
         self.sessions[sid] = Session(claims.user_id, claims=kept_claims)
         self._user_sockets[claims.user_id] += 1
         await self.enter_room(sid, p.user_channel(claims.user_id))
@@ -230,7 +235,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             # joined all the same; the client keeps its `since` and can ask again later
             if request.since is not None:
                 result.update(missed=[], recovered=False)
-        if new:
+        if new and self.recovery.enabled:
             known = [m["id"] for m in (*result["history"], *result.get("missed", []))]
             session.upto[room_id] = max(known, key=id_key, default=START)
         await self.emit(p.JOINED_ROOM, room_id, to=sid)
