@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="the token's sub (user id)")
     token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime, e.g. 1h")
     token.add_argument("--jwt-secret", help="defaults to JWT_SECRET")
+    token.add_argument(
+        "--rooms",
+        help="comma-separated `rooms` claim for ROOM_ACCESS=claims (ids, or prefixes ending in *)",
+    )
 
     # listed for --help only: main() hands `chat ...` and `bench ...` to the tools unparsed
     sub.add_parser("chat", help="a terminal chat client (see: chat --help)", add_help=False)
@@ -179,9 +183,14 @@ def run_token(args: argparse.Namespace, env: dict[str, str]) -> int:
             algorithm=hmac[0],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            extra=None if args.rooms is None else {"rooms": _rooms_claim(args.rooms)},
         )
     )
     return 0
+
+
+def _rooms_claim(raw: str) -> list[str]:
+    return [room.strip() for room in raw.split(",") if room.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from .chat import ChatNamespace, Gate
 from .cluster import RedisMonitor
 from .config import Settings
 from .demo import setup_demo_routes
+from .engine.recovery import install_connect_pid
 from .health import setup_health_routes
 from .lifecycle import close_transports, monitor_event_loop
 from .metrics import Metrics
@@ -61,6 +62,8 @@ def create_app(
     sio = create_sio(settings, backend.manager)
     namespace = ChatNamespace(settings, stores, metrics, gate)
     sio.register_namespace(namespace)
+    if settings.connection_state_recovery_seconds > 0:
+        install_connect_pid(sio, namespace.namespace, namespace.pid_for)
     sio.attach(app)
     installed = engine.install(app, sio, settings, metrics)
     guard = installed.guard

@@ -108,6 +108,13 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
 def _redis_prefix(raw: str) -> str:
     value = raw.strip()
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", value):
@@ -200,6 +207,11 @@ class Settings:
     admin_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     demo_client_js_dir: str = ""
     dev: bool = False
+    room_access: str = "open"
+    room_auth_url: str = ""
+    room_auth_timeout_seconds: float = 2.0
+    room_auth_cache_seconds: float = 10.0
+    connection_state_recovery_seconds: float = 120.0
 
     @property
     def cluster(self) -> bool:
@@ -324,5 +336,10 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ADMIN_PASSWORD": ("admin_password", str.strip),
     "ADMIN_ALLOWED_NETWORKS": ("admin_allowed_networks", _networks),
     "DEMO_CLIENT_JS_DIR": ("demo_client_js_dir", str.strip),
+    "ROOM_ACCESS": ("room_access", _choice("open", "claims")),
+    "ROOM_AUTH_URL": ("room_auth_url", _http_url),
+    "ROOM_AUTH_TIMEOUT_SECONDS": ("room_auth_timeout_seconds", _float(0.05, 60)),
+    "ROOM_AUTH_CACHE_SECONDS": ("room_auth_cache_seconds", _float(0, 3600)),
+    "CONNECTION_STATE_RECOVERY_SECONDS": ("connection_state_recovery_seconds", _float(0, 86400)),
 }
 """Environment variable -> (Settings attribute, parser)."""

@@ -61,14 +61,25 @@ CLIENT_DISCONNECT_SECONDS = 1.0
 
 
 async def _shut_down_client(namespace: ChatNamespace, sid: str) -> None:
-    """Tell one client why, then disconnect it; a socket already gone is not an error."""
+    """Tell one client why, then close its transport; a socket already gone is not an error.
+
+    The socket ends at the Engine.IO level (python-engineio's public ``disconnect``): the
+    official socket.io-client sees ``transport close`` and reconnects with its own back-off,
+    through the load balancer to a ready instance, recovering its state there. A Socket.IO
+    disconnect instead would read ``io server disconnect``, after which socket.io-client
+    stays down by design.
+    """
     if sid not in namespace.sessions:
         return
     try:
         await namespace.emit(SERVER_SHUTDOWN, SHUTDOWN_PAYLOAD, to=sid)
+        server = namespace.server
+        eio_sid = server.manager.eio_sid_from_sid(sid, namespace.namespace)
+        if eio_sid is None:
+            return
         # a client that stopped reading would hold disconnect() on its send queue:
         # close_transports() drops whatever is left after the drain
-        await asyncio.wait_for(namespace.disconnect(sid), CLIENT_DISCONNECT_SECONDS)
+        await asyncio.wait_for(server.eio.disconnect(eio_sid), CLIENT_DISCONNECT_SECONDS)
     except TimeoutError:
         log.info(
             "drain: client not reading, left for the final close", extra={"event": "drain_slow"}
@@ -89,6 +100,8 @@ async def drain(app: web.Application) -> None:
     namespace = app[keys.NAMESPACE]
     begin_drain(app)
     log.info("draining", extra={"event": "drain_start", "connections": len(namespace.sessions)})
+    # clients the load balancer moves before their turn recover wherever they land
+    await namespace.keep_sessions()
     await asyncio.sleep(settings.shutdown_delay_seconds)
     sids = list(namespace.sessions)
     started = time.monotonic()

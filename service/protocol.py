@@ -61,6 +61,7 @@ ERROR_CODES = (
     "unknown_event",
     "internal",
     "too_many_rooms",
+    "forbidden",
 )
 
 # python-socketio's disconnect reasons -> bounded metric label values ("other" otherwise)

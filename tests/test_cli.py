@@ -33,6 +33,15 @@ def test_token_command_mints_a_token_for_the_secret():
     assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 3600
 
 
+def test_token_command_mints_a_rooms_claim():
+    result = run_cli(
+        "token", "--user", "alice", "--rooms", "support, team-42.*", env={"JWT_SECRET": SECRET}
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["rooms"] == ["support", "team-42.*"] and claims["sub"] == "alice"
+
+
 def test_token_command_without_secret_fails_clearly():
     result = run_cli("token", "--user", "alice")
     assert result.returncode == 2 and "JWT_SECRET" in result.stderr

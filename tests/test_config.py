@@ -20,6 +20,8 @@ def test_defaults_are_the_contract():
     assert settings.websocket_driver == "fast"
     assert Settings.from_env({**SECRET, "WEBSOCKET_DRIVER": "Stock"}).websocket_driver == "stock"
     assert settings.instance_id  # the hostname, i.e. the pod name
+    assert settings.room_access == "open" and not settings.room_auth_url
+    assert settings.connection_state_recovery_seconds == 120
 
 
 def test_every_documented_variable_is_read():
@@ -46,6 +48,9 @@ def test_every_documented_variable_is_read():
         "LOG_FORMAT",
         "INSTANCE_ID",
         "WEBSOCKET_DRIVER",
+        "ROOM_ACCESS",
+        "ROOM_AUTH_URL",
+        "CONNECTION_STATE_RECOVERY_SECONDS",
     ):
         assert name in VARIABLES
 
@@ -68,6 +73,11 @@ def test_every_documented_variable_is_read():
         ("WEBSOCKET_DRIVER", "turbo"),
         ("SHUTDOWN_DELAY_SECONDS", "30"),
         ("JWT_PUBLIC_KEY", "/nonexistent.pem"),
+        ("ROOM_ACCESS", "closed"),
+        ("ROOM_AUTH_URL", "ftp://auth.example/can-join"),
+        ("ROOM_AUTH_URL", "auth.example"),
+        ("ROOM_AUTH_TIMEOUT_SECONDS", "0"),
+        ("CONNECTION_STATE_RECOVERY_SECONDS", "-1"),
     ],
 )
 def test_invalid_values_name_the_variable(name, value):

@@ -129,7 +129,7 @@ async def test_overloaded_at_max_connections_and_engineio_session_cap(clients) -
         evicted = sample(srv.app, "socketio_clients_evicted_total", reason="connect_timeout")
         assert evicted >= 100
         # the connected clients were not touched
-        assert (await clients[0].call("presence:get", "r"))["ok"]
+        assert (await clients[0].call("join:room", "r"))["ok"]
     print(f"\nsession cap: {dict(statuses)}; idle sessions freed within {freed_after:.1f}s")
 
 
@@ -150,7 +150,7 @@ async def test_event_flood_is_limited_cluster_wide_and_others_unaffected(redis_u
         async def flood(client: Any) -> Counter[str]:
             counts: Counter[str] = Counter()
             acks = await asyncio.gather(
-                *(client.call("presence:get", "r", timeout=20) for _ in range(300))
+                *(client.call("join:room", "r", timeout=20) for _ in range(300))
             )
             for ack in acks:
                 counts["ok" if ack["ok"] else ack["error"]["code"]] += 1
@@ -161,7 +161,7 @@ async def test_event_flood_is_limited_cluster_wide_and_others_unaffected(redis_u
         async def bystander_calls() -> None:
             for _ in range(10):
                 t0 = time.perf_counter()
-                assert (await bystander.call("presence:get", "r"))["ok"]
+                assert (await bystander.call("join:room", "r"))["ok"]
                 latencies.append(time.perf_counter() - t0)
                 await asyncio.sleep(0.05)
 

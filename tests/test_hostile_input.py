@@ -120,7 +120,7 @@ async def send_case(raw: RawClient, case: Case) -> str:
             await raw.send(*case.frames)
         # the server handles one client's packets in order: once the probe is acked,
         # everything before it was handled
-        ack = await raw.call("presence:get", "r", timeout=2)
+        ack = await raw.call("join:room", "probe", timeout=2)
         assert ack["ok"] is True, ack
         return "acked"
     except Closed:
@@ -133,7 +133,7 @@ async def fresh_client_answers(url: str, transport: str, http: aiohttp.ClientSes
     raw = await open_raw(url, transport, http)
     try:
         await raw.connect({"token": token("fresh")})
-        ack = await raw.call("presence:get", "r", timeout=5)
+        ack = await raw.call("join:room", "probe", timeout=5)
         assert ack["ok"] is True, ack
     finally:
         await raw.close()

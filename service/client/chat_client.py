@@ -48,6 +48,7 @@ __all__ = [
     "ConnectFailed",
     "Disconnected",
     "EventRefused",
+    "Forbidden",
     "HandshakeRefused",
     "InvalidPayload",
     "NotInRoom",
@@ -104,6 +105,11 @@ class NotInRoom(EventRefused):
     pass
 
 
+class Forbidden(EventRefused):
+    """``forbidden``: this token may not join the room (its ``rooms`` claim or the
+    server's join hook says no); retrying with the same token will not help."""
+
+
 class RateLimited(EventRefused):
     @property
     def retry_after_ms(self) -> int | None:
@@ -155,6 +161,7 @@ class ClientClosed(ChatError):
 _EVENT_ERRORS: dict[str, type[EventRefused]] = {
     "invalid_payload": InvalidPayload,
     "not_in_room": NotInRoom,
+    "forbidden": Forbidden,
     "rate_limited": RateLimited,
     "too_large": TooLarge,
     "too_many_rooms": TooManyRooms,
@@ -584,11 +591,13 @@ class ChatClient:
                 self._ready.clear()
                 self._emit(DISCONNECTED, {"url": conn.url, "reason": conn.reason})
 
-        def on_message(data: Any) -> None:
+        def on_message(data: Any = None, *_offset: Any) -> None:
+            # the server appends the message id (the Socket.IO recovery offset): not needed
+            # here, rooms are rejoined by id
             if current():
                 self._on_room_message(data)
 
-        def on_private(data: Any) -> None:
+        def on_private(data: Any = None, *_: Any) -> None:
             if not current():
                 return
             message_id = data.get("id") if isinstance(data, dict) else None
@@ -600,12 +609,14 @@ class ChatClient:
                     self._private_seen.popitem(last=False)
             self._emit(p.PRIVATE_RECEIVED, data)
 
-        def on_shutdown(data: Any = None) -> None:
+        def on_shutdown(data: Any = None, *_: Any) -> None:
             if current():
                 self._shutdown_notice = True
                 self._emit(p.SERVER_SHUTDOWN, data)
 
         def on_other(event: str, *args: Any) -> None:
+            if event == p.JOINED_ROOM:
+                args = args[:1]  # a trailing null keeps the recovery offset of JS clients
             if current():
                 self._emit(event, args[0] if len(args) == 1 else list(args))
 

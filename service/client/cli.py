@@ -31,6 +31,7 @@ from .chat_client import (
     ChatClient,
     ChatError,
     ConnectFailed,
+    Forbidden,
     HandshakeRefused,
     TokenSource,
     Unauthorized,
@@ -41,6 +42,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAUTHORIZED = 3
 EXIT_UNREACHABLE = 4
+EXIT_FORBIDDEN = 5
 
 TOKEN_ENV = "CHAT_TOKEN"
 TOKEN_COMMAND_ENV = "CHAT_TOKEN_COMMAND"
@@ -339,6 +341,12 @@ async def run(args: argparse.Namespace, token: TokenSource, out: TextIO, err: Te
         await session.join(args.room)
         printer.line(f"* talking in {args.room} as the token's user; /help for commands")
         return await interact(session, stdin_lines(asyncio.get_running_loop()), err)
+    except Forbidden as exc:
+        print(
+            f"error: this token may not join room {args.room!r} (forbidden): {exc.message}",
+            file=err,
+        )
+        return EXIT_FORBIDDEN
     except (ChatError, TimeoutError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_FAILED
@@ -369,6 +377,12 @@ async def interact(session: Session, lines: asyncio.Queue[str | None], err: Text
                         return EXIT_OK
                 else:
                     await session.send(line)
+            except Forbidden as exc:
+                print(
+                    f"error: forbidden: this token may not join that room ({exc.message})",
+                    file=err,
+                    flush=True,
+                )
             except ChatError as exc:
                 print(f"error: {exc.code}: {exc.message}", file=err, flush=True)
     finally:

@@ -82,6 +82,8 @@ class FanoutMixin:
         if metrics is None or not sent:
             return
         metrics.messages_sent.labels(event=event).inc(sent)
+        if isinstance(data, tuple) and data:
+            data = data[0]  # the payload; a room message's recovery offset follows it
         if event in TIMED_EVENTS and isinstance(data, dict):
             created = data.get("timestamp")
             if isinstance(created, int | float):

@@ -13,6 +13,7 @@ from .history import HistoryStore, MemoryHistory, RedisHistory
 from .link import RedisLink
 from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from .sessions import MemorySessions, RedisSessions, SessionStore
 
 if TYPE_CHECKING:
     import socketio
@@ -25,6 +26,8 @@ class Stores:
     history: HistoryStore
     presence: PresenceStore
     limiter: RateLimiter
+    sessions: SessionStore = field(default_factory=MemorySessions)
+    """Disconnected sessions kept for connection state recovery."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def redis_stores(settings: Settings, link: RedisLink) -> Stores:
             events=settings.rate_limit_events,
             window_seconds=settings.rate_limit_window_seconds,
         ),
+        sessions=RedisSessions(link),
     )
 
 
