@@ -249,10 +249,14 @@ def test_env_wiring(objects: list[dict[str, Any]], value_set: str) -> None:
         assert env["REDIS_URL"] == {"secretKeyRef": {"name": "chat-redis-url", "key": "url"}}
         assert env["JWT_SECRET"] == {"secretKeyRef": {"name": "chat-jwt", "key": "hs256-key"}}
         assert "REDIS_PASSWORD" not in env
+        return
+    # The password is its own variable: nothing to URL-encode, nothing spliced in.
+    assert env["REDIS_PASSWORD"]["secretKeyRef"]["name"] == REDIS
+    if value_set == "replication":
+        assert env["REDIS_URL"].startswith(f"redis+sentinel://{REDIS}-0.{REDIS}:26379,")
+        assert env["REDIS_WAIT_REPLICAS"] == "1"
     else:
-        # The password is its own variable: nothing to URL-encode, nothing spliced in.
         assert env["REDIS_URL"] == f"redis://{REDIS}:6379/0"
-        assert env["REDIS_PASSWORD"]["secretKeyRef"]["name"] == REDIS
 
 
 def test_env_names_are_known_to_the_service(objects: list[dict[str, Any]]) -> None:
@@ -382,13 +386,17 @@ def test_redis_network_policy(objects: list[dict[str, Any]], value_set: str) -> 
     rule, *metrics = policy["spec"]["ingress"]
     if value_set == "full":  # monitoring on: the exporter port, and only that, is open
         assert metrics == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    elif value_set == "replication":  # Redis pods replicate and run Sentinels among themselves
+        [peers] = metrics
+        assert peers["from"] == [{"podSelector": {"matchLabels": redis_labels}}]
     else:
         assert not metrics
     [peer] = rule["from"]
     assert set(peer) == {"podSelector"}, "no namespace or IP peers"
     assert matches(peer["podSelector"]["matchLabels"], app_labels)
     assert not matches(peer["podSelector"]["matchLabels"], redis_labels)
-    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    sentinel = [{"port": "sentinel", "protocol": "TCP"}] if value_set == "replication" else []
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}, *sentinel]
 
 
 def test_redis_statefulset(objects: list[dict[str, Any]], value_set: str) -> None:

@@ -27,6 +27,7 @@ from k8s_bundle import (
     container,
     find,
     helm_python,
+    kustomize,
     one,
     parse,
     pod_specs,
@@ -323,7 +324,12 @@ def test_redis_pod_template_has_only_selector_labels(docs: list[dict[str, Any]])
     assert labels == sts["spec"]["selector"]["matchLabels"]
     assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(labels)
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
-    assert set(annotations) == {"checksum/config", "checksum/secret"}
+    assert annotations["kubectl.kubernetes.io/default-container"] == "redis"
+    assert set(annotations) == {
+        "kubectl.kubernetes.io/default-container",
+        "checksum/config",
+        "checksum/secret",
+    }
 
 
 def test_patched_pinned_image(docs: list[dict[str, Any]]) -> None:
@@ -388,6 +394,104 @@ def test_script_is_one_file_for_helm_and_kustomize() -> None:
     assert link.is_symlink() and link.resolve() == (K8S / "base" / "redis.sh").resolve()
     rendered = one(docs_for({}), "ConfigMap", REDIS)["data"]["redis.sh"]
     assert rendered.strip() == link.read_text().strip()
+
+
+# ---- kustomize builds the same Redis ----
+
+
+def without_hash(name: str) -> str:
+    """socketio-service-redis-g8ggg52mk9 -> socketio-service-redis (kustomize's name suffix)."""
+    head, _, tail = name.rpartition("-")
+    return head if head.startswith("socketio-service") and len(tail) == 10 else name
+
+
+def redis_essentials(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Redis pieces that must be identical whichever way the system is deployed."""
+    sts = one(docs, "StatefulSet", "socketio-service-redis")
+    template = sts["spec"]["template"]
+    spec = template["spec"]
+
+    def normal(c: dict[str, Any]) -> dict[str, Any]:
+        c = dict(c)
+        env = c.pop("env", [])
+        names = [e["name"] for e in env]
+        if "ANNOUNCE_HOST" in names:  # $(POD_NAME) only expands if defined earlier
+            assert names.index("POD_NAME") < names.index("ANNOUNCE_HOST")
+        c["env"] = {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
+        for e in c["env"].values():
+            if isinstance(e, dict) and "secretKeyRef" in e:
+                e["secretKeyRef"]["name"] = without_hash(e["secretKeyRef"]["name"])
+        return c
+
+    volumes = {}
+    for v in spec["volumes"]:
+        v = json.loads(json.dumps(v))
+        for kind, key in (("configMap", "name"), ("secret", "secretName")):
+            if kind in v:
+                v[kind][key] = without_hash(v[kind][key])
+        volumes[v["name"]] = v
+    service = one(docs, "Service", "socketio-service-redis")["spec"]
+    policy = one(docs, "NetworkPolicy", "socketio-service-redis")["spec"]
+    server = container(one(docs, "Deployment")["spec"]["template"]["spec"], "server")
+    app_env = {e["name"]: e.get("value") for e in server["env"]}
+    conf = {
+        name: [
+            line
+            for line in text.splitlines()
+            if line.strip() and not (name == "redis.conf" and line.startswith("#"))
+        ]
+        for name, text in next(
+            c
+            for c in find(docs, "ConfigMap")
+            if without_hash(c["metadata"]["name"]) == "socketio-service-redis"
+        )["data"].items()
+    }
+    monitors = [m["spec"] for m in find(docs, "ServiceMonitor", "socketio-service-redis")]
+    annotations = {
+        k: v
+        for k, v in template["metadata"].get("annotations", {}).items()
+        if not k.startswith("checksum/")
+    }
+    return {
+        "replicas": sts["spec"]["replicas"],
+        "selector": sts["spec"]["selector"],
+        "podLabels": template["metadata"]["labels"],
+        "podAnnotations": annotations,
+        "initContainers": {c["name"]: normal(c) for c in spec["initContainers"]},
+        "containers": {c["name"]: normal(c) for c in spec["containers"]},
+        "volumes": volumes,
+        "affinity": spec.get("affinity"),
+        "spread": spec.get("topologySpreadConstraints"),
+        "securityContext": spec["securityContext"],
+        "claims": [c["spec"] for c in sts["spec"].get("volumeClaimTemplates", [])],
+        "servicePorts": sorted(service["ports"], key=lambda p: p["port"]),
+        "publishNotReady": service.get("publishNotReadyAddresses", False),
+        "pdb": [p["spec"] for p in find(docs, "PodDisruptionBudget", "socketio-service-redis")],
+        "policy": policy,
+        "redisUrl": app_env["REDIS_URL"],
+        "waitReplicas": app_env.get("REDIS_WAIT_REPLICAS"),
+        "files": conf,
+        "monitors": monitors,
+    }
+
+
+@pytest.mark.parametrize(
+    ("overlay", "values"),
+    [("dev", {}), ("prod", {**REPLICATION, **MONITORING})],
+    ids=["dev-standalone", "prod-replication"],
+)
+def test_kustomize_builds_the_same_redis(overlay: str, values: dict[str, Any]) -> None:
+    """k8s/ and the chart (release "socketio-service", so the names match) agree on Redis."""
+    chart = helm_python().Chart.load(CHART)
+    helm = parse(
+        chart.render(values, name="socketio-service", namespace="socketio", is_install=True)
+    )
+    expected = redis_essentials(helm)
+    actual = redis_essentials(kustomize(overlay))
+    if overlay == "dev":  # the laptop overlay drops the drain-blocking budget on purpose
+        assert actual.pop("pdb") == [] and expected.pop("pdb")
+    for key in expected:
+        assert actual[key] == expected[key], f"{overlay}: {key} differs from the chart"
 
 
 # ---- the rendered files on a real redis-server ----
