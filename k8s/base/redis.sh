@@ -167,12 +167,13 @@ prestop() {
     replicas="$(cli 127.0.0.1 "$REDIS_PORT" INFO replication | tr -d '\r' | sed -n 's/^connected_slaves://p')"
     [ "${replicas:-0}" -gt 0 ] || return 0
     # Sentinel only promotes a replica whose INFO it refreshed in the last 5 s, and asks
-    # replicas every 10 s: NOGOODSLAVE is usually transient, so try for up to 12 s.
+    # replicas every 10 s: NOGOODSLAVE is usually transient, so try for up to 10 s. With
+    # the wait below that stays under 20 s of the pod's 30 s grace period.
     i=0
     while :; do
         reply="$(cli 127.0.0.1 "$SENTINEL_PORT" SENTINEL FAILOVER "$MASTER_SET" 2>&1)" || true
         [ "$reply" = OK ] && break
-        if [ "$i" -ge 24 ]; then
+        if [ "$i" -ge 20 ]; then
             log "SENTINEL FAILOVER: $reply; stopping without a switchover"
             return 0
         fi
@@ -181,7 +182,7 @@ prestop() {
     done
     # Done once the Sentinels name another master: clients follow it from then on.
     i=0
-    while [ "$i" -lt 40 ]; do
+    while [ "$i" -lt 20 ]; do
         current="$(sentinel_master)"
         if [ -n "$current" ] && [ "$current" != "$ANNOUNCE_HOST:$REDIS_PORT" ]; then
             log "handed the master role over to $current"
@@ -190,7 +191,7 @@ prestop() {
         sleep 0.5
         i=$((i + 1))
     done
-    log "still master after 20 s; stopping anyway"
+    log "the Sentinels still name this pod after 10 s; stopping anyway"
 }
 
 case "${1:-}" in
