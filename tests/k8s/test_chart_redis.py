@@ -725,6 +725,29 @@ def test_sentinel_topology_bootstraps_hands_over_and_fails_over(
     assert "replicaof" in (roots[1] / "run" / "redis.conf").read_text()
     pods[0].client().set("before", "switchover")
 
+    # A client as the service is configured: the chart's URL form (no password in it) and
+    # REDIS_PASSWORD for Redis and for the Sentinels, which require it as well.
+    from redis.sentinel import MasterNotFoundError, Sentinel
+    from socketio.redis_manager import parse_redis_sentinel_url
+
+    url = ",".join(f"127.0.0.1:{p.sentinel_port}" for p in pods)
+    sentinels, master_set, connection = parse_redis_sentinel_url(
+        f"redis+sentinel://{url}/0/mymaster"
+    )
+    options = {"socket_timeout": 2, "decode_responses": True}
+    with pytest.raises(MasterNotFoundError):
+        Sentinel(sentinels, password=PASSWORD, **connection, **options).master_for(master_set).get(
+            "before"
+        )
+    sentinel = Sentinel(
+        sentinels,
+        sentinel_kwargs={"password": PASSWORD, "socket_timeout": 2},
+        password=PASSWORD,
+        **connection,
+        **options,
+    )
+    assert sentinel.master_for(master_set).get("before") == "switchover"
+
     # Planned stop of the master: preStop hands the role over before the container stops.
     stop = pods[0].script("prestop")
     assert stop.returncode == 0 and "handed the master role over" in stop.stderr, stop.stderr
