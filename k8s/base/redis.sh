@@ -47,15 +47,17 @@ die() {
 
 password() { cat "$PASSWORD_FILE"; }
 
-# cli HOST PORT ARGS...: the password travels in the environment, not in argv.
+# cli HOST PORT ARGS...: the password travels in the environment, not in argv (newer
+# valkey-cli reads VALKEYCLI_AUTH, redis-cli and older valkey-cli REDISCLI_AUTH).
 cli() {
     host="$1"
     port="$2"
     shift 2
+    auth="$(password)"
     if command -v timeout >/dev/null 2>&1; then
-        REDISCLI_AUTH="$(password)" timeout 3 "$CLI" -h "$host" -p "$port" "$@"
+        REDISCLI_AUTH="$auth" VALKEYCLI_AUTH="$auth" timeout 3 "$CLI" -h "$host" -p "$port" "$@"
     else
-        REDISCLI_AUTH="$(password)" "$CLI" -h "$host" -p "$port" "$@"
+        REDISCLI_AUTH="$auth" VALKEYCLI_AUTH="$auth" "$CLI" -h "$host" -p "$port" "$@"
     fi
 }
 
