@@ -169,6 +169,16 @@ def test_app_reaches_redis_through_the_sentinels(arch: str, docs: list[dict[str,
     expected = [(f"{REDIS}-{i}.{sts['spec']['serviceName']}", 26379) for i in range(3)]
     assert sentinels == expected
     assert env["REDIS_WAIT_REPLICAS"] == "1"
+    # A crash is noticed after down-after (5 s); the outage buffer must outlast the failover.
+    assert env["REDIS_OUTAGE_BUFFER_SECONDS"] == "10"
+    slow = docs_for(
+        {
+            "redis": {"architecture": "replication", "sentinel": {"downAfterMilliseconds": 8000}},
+        }
+    )
+    assert app_env(slow)["REDIS_OUTAGE_BUFFER_SECONDS"] == "13"
+    pinned = docs_for({**REPLICATION, "config": {"extraEnv": {"REDIS_OUTAGE_BUFFER_SECONDS": "7"}}})
+    assert "REDIS_OUTAGE_BUFFER_SECONDS" not in app_env(pinned), "config.extraEnv wins"
     names = [e["name"] for e in app_container(docs)["env"]]
     assert set(names) >= {"REDIS_URL", "REDIS_PASSWORD", "REDIS_WAIT_REPLICAS"}
 
@@ -472,6 +482,7 @@ def redis_essentials(docs: list[dict[str, Any]]) -> dict[str, Any]:
         "policy": policy,
         "redisUrl": app_env["REDIS_URL"],
         "waitReplicas": app_env.get("REDIS_WAIT_REPLICAS"),
+        "outageBuffer": app_env.get("REDIS_OUTAGE_BUFFER_SECONDS"),
         "files": conf,
         "monitors": monitors,
     }

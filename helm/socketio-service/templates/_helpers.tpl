@@ -165,6 +165,11 @@ seccompProfile:
 {{- end -}}
 {{- end -}}
 
+{{/* With replication: Sentinel's down-after plus 5 s for the election and the promotion. */}}
+{{- define "socketio-service.redis.outageBufferSeconds" -}}
+{{- add (div (int .Values.redis.sentinel.downAfterMilliseconds) 1000) 5 -}}
+{{- end -}}
+
 {{/* A Kubernetes memory quantity ("256Mi", "1G", 268435456) in bytes. */}}
 {{- define "socketio-service.redis.quantityBytes" -}}
 {{- $q := . -}}
