@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 from k8s_bundle import (
     CHART,
     CRD_GROUPS,
@@ -342,6 +343,29 @@ def test_redis_pod_template_has_only_selector_labels(docs: list[dict[str, Any]])
         "checksum/config",
         "checksum/secret",
     }
+
+
+def test_a_chart_or_app_upgrade_does_not_restart_redis(tmp_path: Path) -> None:
+    """The whole Redis pod template is identical after a chart and app version bump (the
+    service pods do change, so the comparison is not vacuous)."""
+    bumped = tmp_path / "chart"
+    shutil.copytree(CHART, bumped, symlinks=False)  # the files/ symlinks resolved
+    meta = yaml.safe_load((bumped / "Chart.yaml").read_text())
+    meta["version"], meta["appVersion"] = "9.9.9", "9.9.9"
+    (bumped / "Chart.yaml").write_text(yaml.safe_dump(meta))
+    gitops = {"redis": {"auth": {"existingSecret": "vault-redis"}}}  # no random secret
+    for values in (gitops, {**gitops, "redis": {**gitops["redis"], **REPLICATION["redis"]}}):
+        before = docs_for(values)
+        after = parse(
+            helm_python()
+            .Chart.load(bumped)
+            .render(values, name=RELEASE, namespace="realtime", is_install=True)
+        )
+        assert redis_pod(after) == redis_pod(before)
+        assert (
+            one(after, "Deployment")["spec"]["template"]
+            != one(before, "Deployment")["spec"]["template"]
+        )
 
 
 def test_patched_pinned_image(docs: list[dict[str, Any]]) -> None:
