@@ -22,6 +22,7 @@ from k8s_bundle import (
     pod_specs,
     render,
     validate_strict,
+    values_for,
 )
 
 pytestmark = pytest.mark.k8s
@@ -383,14 +384,16 @@ def test_redis_network_policy(objects: list[dict[str, Any]], value_set: str) -> 
     assert matches(policy["spec"]["podSelector"]["matchLabels"], redis_labels)
     assert not matches(policy["spec"]["podSelector"]["matchLabels"], app_labels)
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    rule, *metrics = policy["spec"]["ingress"]
-    if value_set == "full":  # monitoring on: the exporter port, and only that, is open
-        assert metrics == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
-    elif value_set == "replication":  # Redis pods replicate and run Sentinels among themselves
-        [peers] = metrics
+    rule, *others = policy["spec"]["ingress"]
+    values = values_for(value_set)
+    if (values.get("redis") or {}).get("architecture") == "replication":
+        # Redis pods replicate and run Sentinels among themselves.
+        peers = others.pop(0)
         assert peers["from"] == [{"podSelector": {"matchLabels": redis_labels}}]
-    else:
-        assert not metrics
+    if ((values.get("metrics") or {}).get("serviceMonitor") or {}).get("enabled"):
+        # Monitoring on: the exporter port, and only that, is open to Prometheus.
+        assert others.pop(0) == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+    assert not others
     [peer] = rule["from"]
     assert set(peer) == {"podSelector"}, "no namespace or IP peers"
     assert matches(peer["podSelector"]["matchLabels"], app_labels)
