@@ -114,9 +114,10 @@ def test_prometheus_adapter_component_adds_the_connections_metric(tmp_path: Path
 def test_prod_overlay_is_selected_by_kube_prometheus_stack() -> None:
     docs = kustomize("prod")
     for kind in ("ServiceMonitor", "PrometheusRule"):
-        assert one(docs, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        objects = find(docs, kind)  # the service's and Redis's
+        assert objects
+        assert {o["metadata"]["labels"]["release"] for o in objects} == {"kube-prometheus-stack"}
     helm = objects_for("full")
-    assert (
-        one(helm, "ServiceMonitor")["metadata"]["labels"]["release"]
-        == one(docs, "ServiceMonitor")["metadata"]["labels"]["release"]
-    )
+    assert {o["metadata"]["labels"]["release"] for o in find(helm, "ServiceMonitor")} == {
+        o["metadata"]["labels"]["release"] for o in find(docs, "ServiceMonitor")
+    }
