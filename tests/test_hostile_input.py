@@ -834,4 +834,5 @@ async def test_the_official_js_client_learns_why_and_reconnects_with_a_fresh_tok
     assert proc.returncode == 0, (report, err.decode())
     assert report["expired"]["code"] == "token_expired"
     assert report["disconnectReason"] == "io server disconnect"
-    assert report["afterRefresh"] == {"ok": True, "roomId": "nowhere", "users": []}
+    assert report["afterRefresh"]["ok"] is True  # the refreshed socket is served again
+    assert report["afterRefresh"]["roomId"] == "nowhere"

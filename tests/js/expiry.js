@@ -24,7 +24,7 @@ socket.on('disconnect', (reason) => {
 socket.on('connect', () => {
   report.connects = (report.connects || 0) + 1;
   if (report.connects < 2) return;
-  socket.emit('presence:get', 'nowhere', (ack) => {
+  socket.emit('join:room', 'nowhere', (ack) => {
     report.afterRefresh = ack;
     clearTimeout(timer);
     console.log(JSON.stringify(report));
