@@ -2,15 +2,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# two install levels, so `make run` stays small and a later `make test` adds the extras
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-test
 
 .PHONY: run test test-fast lint clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,k8s]'
+
+# the runtime dependencies only (what `make run` needs)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
+
+# plus the test tools and the offline Kubernetes checkers
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,k8s]'
+	touch $@ $(RUN_STAMP)
 
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
@@ -21,12 +31,15 @@ tests/k8s/grafana/node_modules/.package-lock.json: tests/k8s/grafana/package-loc
 NODE_DEPS := tests/js/node_modules/.package-lock.json tests/k8s/grafana/node_modules/.package-lock.json
 
 ## run: the service on http://127.0.0.1:3000, embedded mode, with dev tokens printed
-run: $(STAMP) tests/js/node_modules/.package-lock.json
+run: $(RUN_STAMP) tests/js/node_modules/.package-lock.json
 	$(BIN)/socketio-service --dev
 
-## test: every suite (fast, slow, k8s); CI runs exactly this
+## test: every suite (fast, slow, k8s), then the protocol suites again on python-engineio's
+## stock websocket handling (the fallback driver); CI runs exactly this
 test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/pytest
+	WEBSOCKET_DRIVER=stock $(BIN)/pytest tests/test_protocol.py tests/test_hostile_input.py \
+	  tests/test_client.py tests/test_js_client.py tests/test_engine_shape.py
 
 ## test-fast: the quick suite while you work (no slow, no k8s)
 test-fast: $(STAMP) tests/js/node_modules/.package-lock.json

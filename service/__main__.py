@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import VARIABLES, ConfigError, Settings
+from .config import HMAC_ALGORITHMS, VARIABLES, ConfigError, Settings
 
 DEV_USERS = ("alice", "bob")
 
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="the token's sub (user id)")
     token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime, e.g. 1h")
     token.add_argument("--jwt-secret", help="defaults to JWT_SECRET")
+    token.add_argument(
+        "--rooms",
+        help="comma-separated `rooms` claim for ROOM_ACCESS=claims (ids, or prefixes ending in *)",
+    )
 
     # listed for --help only: main() hands `chat ...` and `bench ...` to the tools unparsed
     sub.add_parser("chat", help="a terminal chat client (see: chat --help)", add_help=False)
@@ -72,22 +76,42 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+def _merged(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
+    """The environment with the flags that mirror it applied on top."""
     merged = dict(env)
     merged.update({k: v for k, v in vars(args).items() if k in VARIABLES})
+    return merged
+
+
+def ephemeral_secret(args: argparse.Namespace, env: dict[str, str]) -> bool:
+    """True when ``--dev`` mints the JWT secret itself (so its tokens die with the process)."""
+    merged = _merged(args, env)
+    return bool(getattr(args, "dev", False)) and not (
+        merged.get("JWT_SECRET", "").strip() or merged.get("JWT_PUBLIC_KEY", "").strip()
+    )
+
+
+def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    merged = _merged(args, env)
     if not getattr(args, "dev", False):
         return Settings.from_env(merged)
     merged.setdefault("HOST", "127.0.0.1")
     merged.setdefault("LOG_FORMAT", "text")
-    overrides = {"dev": True}
-    if not merged.get("JWT_SECRET") and not merged.get("JWT_PUBLIC_KEY"):
+    overrides: dict[str, object] = {"dev": True}
+    if ephemeral_secret(args, env):
         overrides["jwt_secret"] = secrets.token_urlsafe(32)
     return Settings.from_env(merged, **overrides)
 
 
-def run_serve(settings: Settings) -> int:
+EPHEMERAL_HINT = (
+    "these tokens stop working when this process stops (ephemeral secret); for tokens that "
+    "survive a restart, run with a fixed secret: JWT_SECRET=<32+ characters> make run"
+)
+
+
+def run_serve(settings: Settings, *, ephemeral: bool = False) -> int:
     from .app import create_app
-    from .lifecycle import serve
+    from .lifecycle import BindError, serve
     from .logs import configure_logging
     from .tuning import tune_gc
 
@@ -102,6 +126,8 @@ def run_serve(settings: Settings) -> int:
         for user in DEV_USERS:
             token = mint_token(settings.jwt_secret, user, 24 * 3600)
             print(f"dev token for {user!r} (24 h): {token}", flush=True)
+        if ephemeral:
+            print(EPHEMERAL_HINT, flush=True)
         print(
             "connect with: io(URL, {auth: {token}}) -- stop with Ctrl+C",
             flush=True,
@@ -109,27 +135,62 @@ def run_serve(settings: Settings) -> int:
 
     app = create_app(settings)
     tune_gc()
-    asyncio.run(serve(app, on_started=announce))
+    try:
+        asyncio.run(serve(app, on_started=announce))
+    except BindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def run_token(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Mint a token only if the server configured by the same environment would accept it:
+    its secret passes the server's checks, its algorithm is allowed, its ``sub`` is valid."""
     from .auth import mint_token
+    from .protocol import MAX_USER_ID_CHARS, valid_user_id
 
-    secret = args.jwt_secret or env.get("JWT_SECRET", "")
-    if not secret:
+    merged = dict(env)
+    if args.jwt_secret is not None:
+        merged["JWT_SECRET"] = args.jwt_secret
+    if not merged.get("JWT_SECRET", "").strip():
         print("error: JWT_SECRET: required to mint a token (or pass --jwt-secret)", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env(merged)
+    except ConfigError as exc:
+        print(f"error: {exc} (the server would refuse it)", file=sys.stderr)
+        return 2
+    hmac = [a for a in settings.algorithms if a in HMAC_ALGORITHMS]
+    if not hmac:
+        print(
+            f"error: JWT_ALGORITHMS: the server accepts only {', '.join(settings.algorithms)}; "
+            "a token signed with JWT_SECRET would be refused",
+            file=sys.stderr,
+        )
+        return 2
+    if not valid_user_id(args.user):
+        print(
+            f"error: --user: expected 1-{MAX_USER_ID_CHARS} characters "
+            "(the server refuses any other token subject)",
+            file=sys.stderr,
+        )
         return 2
     print(
         mint_token(
-            secret,
+            settings.jwt_secret,
             args.user,
             args.ttl,
-            audience=env.get("JWT_AUDIENCE", ""),
-            issuer=env.get("JWT_ISSUER", ""),
+            algorithm=hmac[0],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            extra=None if args.rooms is None else {"rooms": _rooms_claim(args.rooms)},
         )
     )
     return 0
+
+
+def _rooms_claim(raw: str) -> list[str]:
+    return [room.strip() for room in raw.split(",") if room.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_serve(settings)
+    return run_serve(settings, ephemeral=ephemeral_secret(args, env))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 
 from .config import HMAC_ALGORITHMS, Settings
+from .protocol import valid_user_id
 
 MAX_TOKEN_BYTES = 8192
 
@@ -22,6 +23,9 @@ class AuthError(Exception):
 class Claims:
     user_id: str
     expires_at: float
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Every verified claim of the token (room access reads ``rooms``; the join hook gets
+    them all)."""
 
 
 class TokenVerifier:
@@ -67,9 +71,9 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 256:
+        if not valid_user_id(sub):
             raise AuthError("invalid token subject")
-        return Claims(user_id=sub, expires_at=float(claims["exp"]))
+        return Claims(user_id=sub, expires_at=float(claims["exp"]), raw=claims)
 
 
 def token_from_handshake(environ: Mapping[str, Any], auth: object) -> object:
@@ -91,10 +95,17 @@ def mint_token(
     algorithm: str = "HS256",
     audience: str = "",
     issuer: str = "",
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """A signed token for ``user_id``: for development, tests and the CLI."""
+    """A signed token for ``user_id``: for development, tests and the CLI. ``extra`` adds
+    claims such as ``rooms``."""
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + int(ttl_seconds)}
+    claims: dict[str, Any] = {
+        **(extra or {}),
+        "sub": user_id,
+        "iat": now,
+        "exp": now + int(ttl_seconds),
+    }
     if audience:
         claims["aud"] = audience
     if issuer:

@@ -42,6 +42,11 @@ PRIVATE_NETWORKS = (
 """Default TRUSTED_PROXIES: in-cluster ingress controllers and load balancers."""
 
 
+MIN_ADMIN_PASSWORD_CHARS = 16
+"""The admin UI's password is guessed online: long enough that the login limit makes
+guessing hopeless."""
+
+
 class ConfigError(ValueError):
     """An invalid setting; the message names the variable."""
 
@@ -100,6 +105,13 @@ def _redis_url(raw: str) -> str:
     value = raw.strip()
     if value and not value.startswith(REDIS_SCHEMES):
         raise ValueError(f"expected a URL starting with one of {', '.join(REDIS_SCHEMES)}")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("expected an http:// or https:// URL")
     return value
 
 
@@ -174,6 +186,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = PRIVATE_NETWORKS
     send_buffer_bytes: int = 1024 * 1024
     connect_timeout_seconds: float = 10.0
+    http_header_timeout_seconds: float = 10.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     shutdown_delay_seconds: float = 3.0
@@ -190,11 +203,18 @@ class Settings:
     log_format: str = "json"
     instance_id: str = ""
     websocket_compression: bool = False
+    websocket_driver: str = "fast"
     admin_ui: bool = False
     admin_username: str = "admin"
     admin_password: str = field(default="", repr=False)
+    admin_allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     demo_client_js_dir: str = ""
     dev: bool = False
+    room_access: str = "open"
+    room_auth_url: str = ""
+    room_auth_timeout_seconds: float = 2.0
+    room_auth_cache_seconds: float = 10.0
+    connection_state_recovery_seconds: float = 120.0
 
     @property
     def cluster(self) -> bool:
@@ -253,6 +273,10 @@ class Settings:
             raise ConfigError("PING_INTERVAL: PING_INTERVAL and PING_TIMEOUT must be > 0")
         if self.admin_ui and not self.admin_password:
             raise ConfigError("ADMIN_PASSWORD: required when ADMIN_UI is on")
+        if self.admin_ui and len(self.admin_password) < MIN_ADMIN_PASSWORD_CHARS:
+            raise ConfigError(
+                f"ADMIN_PASSWORD: must be at least {MIN_ADMIN_PASSWORD_CHARS} characters"
+            )
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -295,6 +319,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "SEND_BUFFER_BYTES": ("send_buffer_bytes", _int(4096)),
     "CONNECT_TIMEOUT_SECONDS": ("connect_timeout_seconds", _float(0.1, 3600)),
+    "HTTP_HEADER_TIMEOUT_SECONDS": ("http_header_timeout_seconds", _float(0, 3600)),
     "PING_INTERVAL": ("ping_interval", _float(0.1)),
     "PING_TIMEOUT": ("ping_timeout", _float(0.1)),
     "SHUTDOWN_DELAY_SECONDS": ("shutdown_delay_seconds", _float(0, 5)),
@@ -311,9 +336,16 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
     "INSTANCE_ID": ("instance_id", str.strip),
     "WEBSOCKET_COMPRESSION": ("websocket_compression", _bool),
+    "WEBSOCKET_DRIVER": ("websocket_driver", _choice("fast", "stock")),
     "ADMIN_UI": ("admin_ui", _bool),
     "ADMIN_USERNAME": ("admin_username", str.strip),
     "ADMIN_PASSWORD": ("admin_password", str.strip),
+    "ADMIN_ALLOWED_NETWORKS": ("admin_allowed_networks", _networks),
     "DEMO_CLIENT_JS_DIR": ("demo_client_js_dir", str.strip),
+    "ROOM_ACCESS": ("room_access", _choice("open", "claims")),
+    "ROOM_AUTH_URL": ("room_auth_url", _http_url),
+    "ROOM_AUTH_TIMEOUT_SECONDS": ("room_auth_timeout_seconds", _float(0.05, 60)),
+    "ROOM_AUTH_CACHE_SECONDS": ("room_auth_cache_seconds", _float(0, 3600)),
+    "CONNECTION_STATE_RECOVERY_SECONDS": ("connection_state_recovery_seconds", _float(0, 86400)),
 }
 """Environment variable -> (Settings attribute, parser)."""

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .chat import ChatNamespace, Gate
 from .config import Settings
+from .engine.guard import Guard
 from .metrics import Metrics
 from .stores import Stores
 
@@ -25,3 +26,7 @@ READINESS_CHECKS = web.AppKey("readiness_checks", list[ReadinessCheck])
 STARTED_AT = web.AppKey("started_at", float)
 REDIS_PING = web.AppKey("redis_ping", Callable[[], Awaitable[float | None]])
 """Round trip to Redis in milliseconds, or ``None`` when it does not answer."""
+GUARD = web.AppKey("guard", Guard)
+"""The protections against hostile clients (handshake limits, evictions, the sweep)."""
+WEBSOCKET_DRIVER = web.AppKey("websocket_driver", str)
+"""The websocket driver serving: ``fast`` or ``stock`` (see ``service.engine``)."""

@@ -7,17 +7,19 @@ readiness can answer 503 and late handshakes get a ``draining`` refusal, not a r
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
-from . import keys
+from . import engine, keys
 from .chat import ChatNamespace
+from .engine.headers import install_header_timeout
 from .protocol import SERVER_SHUTDOWN
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,25 @@ CLIENT_DISCONNECT_SECONDS = 1.0
 
 
 async def _shut_down_client(namespace: ChatNamespace, sid: str) -> None:
-    """Tell one client why, then disconnect it; a socket already gone is not an error."""
+    """Tell one client why, then close its transport; a socket already gone is not an error.
+
+    The socket ends at the Engine.IO level (python-engineio's public ``disconnect``): the
+    official socket.io-client sees ``transport close`` and reconnects with its own back-off,
+    through the load balancer to a ready instance, recovering its state there. A Socket.IO
+    disconnect instead would read ``io server disconnect``, after which socket.io-client
+    stays down by design.
+    """
     if sid not in namespace.sessions:
         return
     try:
         await namespace.emit(SERVER_SHUTDOWN, SHUTDOWN_PAYLOAD, to=sid)
+        server = namespace.server
+        eio_sid = server.manager.eio_sid_from_sid(sid, namespace.namespace)
+        if eio_sid is None:
+            return
         # a client that stopped reading would hold disconnect() on its send queue:
         # close_transports() drops whatever is left after the drain
-        await asyncio.wait_for(namespace.disconnect(sid), CLIENT_DISCONNECT_SECONDS)
+        await asyncio.wait_for(server.eio.disconnect(eio_sid), CLIENT_DISCONNECT_SECONDS)
     except TimeoutError:
         log.info(
             "drain: client not reading, left for the final close", extra={"event": "drain_slow"}
@@ -78,15 +91,17 @@ async def _shut_down_client(namespace: ChatNamespace, sid: str) -> None:
 async def drain(app: web.Application) -> None:
     """Refuse new handshakes, wait for endpoints to update, then disconnect in batches.
 
-    DESIGN §7: readiness is 503 at once; after ``SHUTDOWN_DELAY_SECONDS`` (load balancers
-    stop sending new connections) each client gets ``server:shutdown`` and is disconnected,
-    in batches spread evenly over ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other
-    replicas as a trickle, not a herd.
+    The drain of docs/protocol.md: readiness is 503 at once; after
+    ``SHUTDOWN_DELAY_SECONDS`` (load balancers stop sending new connections) each client gets
+    ``server:shutdown`` and is disconnected, in batches spread evenly over
+    ``SHUTDOWN_DRAIN_SECONDS`` so reconnects reach the other replicas as a trickle, not a herd.
     """
     settings = app[keys.SETTINGS]
     namespace = app[keys.NAMESPACE]
     begin_drain(app)
     log.info("draining", extra={"event": "drain_start", "connections": len(namespace.sessions)})
+    # clients the load balancer moves before their turn recover wherever they land
+    await namespace.keep_sessions()
     await asyncio.sleep(settings.shutdown_delay_seconds)
     sids = list(namespace.sessions)
     started = time.monotonic()
@@ -103,33 +118,15 @@ async def drain(app: web.Application) -> None:
     )
 
 
-async def _close_transport(sock: Any, reason: str) -> None:
-    await sock.close(wait=False, reason=reason)  # queues the Engine.IO close packet
-    await sock.queue.put(None)  # then the websocket writer closes the connection itself
-
-
 async def close_transports(app: web.Application, grace: float = CLOSE_GRACE_SECONDS) -> None:
-    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds.
-
-    python-engineio's ``disconnect()`` waits until each socket's queue is drained, which for
-    a long-polling client that went away lasts until its ping timeout (45 s by default), and
-    leaves a websocket open until the client closes it: both longer than a pod's grace
-    period. Here the close packet is queued, the websocket is closed from our side, and a
-    long-poll that nobody collects is dropped.
-    """
-    eio = app[keys.SIO].eio
-    sockets = list(eio.sockets.values())
-    if sockets:
-        reason = eio.reason.SERVER_DISCONNECT
-        tasks = [asyncio.create_task(_close_transport(sock, reason)) for sock in sockets]
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
+    """Close every remaining Engine.IO connection, waiting at most ``grace`` seconds
+    (python-engineio's own ``disconnect()`` can wait a ping timeout per socket)."""
+    closed = await engine.close_transports(app[keys.SIO], grace)
+    if closed:
         log.info(
             "closed remaining transports",
-            extra={"event": "transports_closed", "connections": len(sockets)},
+            extra={"event": "transports_closed", "connections": closed},
         )
-    eio.sockets = {}
 
 
 async def monitor_event_loop(app: web.Application) -> AsyncIterator[None]:
@@ -148,17 +145,38 @@ async def monitor_event_loop(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
 
 
+class BindError(Exception):
+    """The listen address cannot be bound (in use, not ours, no permission); the message is
+    one line for the operator, naming the setting to change."""
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> BindError:
+    # asyncio's own message repeats the address; the errno's text alone is the reason
+    known = isinstance(exc.errno, int) and exc.errno > 0
+    reason = (os.strerror(exc.errno) if known else exc.strerror or str(exc)).lower()
+    if exc.errno == errno.EADDRINUSE:
+        return BindError(f"PORT {port}: {reason}")
+    return BindError(f"HOST {host}, PORT {port}: {reason}")
+
+
 async def serve(
     app: web.Application, on_started: Callable[[str], Awaitable[None] | None] | None = None
 ) -> None:
-    """Serve ``app`` until a stop signal, drain it, then clean up and return."""
+    """Serve ``app`` until a stop signal, drain it, then clean up and return.
+
+    Raises :class:`BindError` (after cleaning up) when the address cannot be bound."""
     settings = app[keys.SETTINGS]
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_SECONDS
     )
     await runner.setup()
+    install_header_timeout(runner)
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise _bind_error(settings.host, settings.port, exc) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -58,3 +60,18 @@ def configure_logging(level: str, fmt: str, instance_id: str) -> None:
     # engineio/socketio log payloads at info level; aiohttp's access log carries query strings
     for noisy in ("engineio", "socketio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def redis_endpoint(url: str) -> str:
+    """Where a ``REDIS_URL`` points, for a log line: ``host:port`` (comma-separated for
+    Sentinel), or the socket path; never the user name or password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    default = 26379 if "sentinel" in parts.scheme else 6379
+    hosts = parts.netloc.rpartition("@")[2]
+    return ",".join(
+        host if re.search(r":\d+$", host) else f"{host}:{default}"
+        for host in hosts.split(",")
+        if host
+    )

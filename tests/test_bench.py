@@ -14,8 +14,8 @@ from service.bench.report import median_result, table
 from service.bench.runner import BenchConfig, Target, _window, run_target
 from service.bench.stats import Reservoir, percentile, summarize
 from service.bench.wire import Sink, message_text, refusal_code
-from service.engine.guard import BoundedSendQueue
-from service.engine.transport import ListDeque, slim_queue, text_frame
+from service.engine.queue import BoundedSendQueue
+from service.engine.transport import ListDeque, WriteThroughQueue, text_frame
 
 from .helpers import SECRET, running_server
 
@@ -123,11 +123,10 @@ def test_cli_targets_pids_and_side_by_side_table() -> None:
 
 
 async def test_slim_queue_keeps_order_bounds_and_join() -> None:
-    """The websocket driver swaps a socket queue's deques for lists: the guard's bounds,
+    """The fast driver's socket queue holds lists instead of deques: the guard's bounds,
     overflow callback, FIFO order, blocking get and join() must be unchanged."""
     overflowed: list[BoundedSendQueue] = []
-    queue = BoundedSendQueue(400, overflowed.append)  # 164 bytes a packet
-    slim_queue(queue)
+    queue = WriteThroughQueue(400, overflowed.append)  # 164 bytes a packet
     assert isinstance(queue._queue, ListDeque) and isinstance(queue._getters, ListDeque)
     getter = asyncio.ensure_future(queue.get())
     await asyncio.sleep(0)

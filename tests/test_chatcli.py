@@ -116,3 +116,83 @@ async def test_interactive_session_prints_the_room_and_sends_stdin(server):
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert proc.stderr is not None
         assert "not_in_room" in (await proc.stderr.read()).decode()
+
+
+async def test_a_url_without_scheme_is_a_usage_error_naming_the_fix():
+    code, out, err = await run_chat(["--url", "127.0.0.1:3002", "--token", token(), "--once", "x"])
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: --url 127.0.0.1:3002: the URL needs http:// or https:// "
+        "(e.g. http://127.0.0.1:3000)\n"
+    )
+
+
+async def test_unknown_and_incomplete_commands_answer_in_one_line(server):
+    code, out, err = await run_chat(
+        ["--url", server.url, "--room", "cmds"],
+        stdin=b"/bogus\n/join\n/help\n/quit\n",
+        env={"CHAT_TOKEN": token("alice")},
+    )
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("* talking in cmds"))
+    assert lines[start + 1 : start + 4] == [
+        "unknown command /bogus, try /help",
+        "usage: /join ROOM",
+        "commands:",
+    ]
+    assert any(line.strip().startswith("/msg USER TEXT") for line in lines[start + 4 :])
+
+
+# prints a 2 s token the first time it runs, then 1 h ones (a counter in argv[1])
+MINT_ONCE_SHORT = (
+    "import pathlib, sys\n"
+    "from service.auth import mint_token\n"
+    "counter = pathlib.Path(sys.argv[1])\n"
+    "n = int(counter.read_text()) if counter.exists() else 0\n"
+    "counter.write_text(str(n + 1))\n"
+    "print(mint_token(sys.argv[2], 'alice', 2 if n == 0 else 3600))\n"
+)
+
+
+async def test_token_command_gives_a_fresh_token_after_the_old_one_expires(tmp_path):
+    """The server disconnects a socket when its token expires; with --token-command the
+    CLI asks for a fresh token and carries on in the same room."""
+    import shlex
+
+    from .helpers import SECRET, running_server
+
+    script = tmp_path / "mint.py"
+    script.write_text(MINT_ONCE_SHORT)
+    counter = tmp_path / "count"
+    async with running_server(jwt_leeway_seconds=0) as srv:
+        async with ChatClient(srv.url, token("bob"), backoff=FAST) as bob:
+            seen = Recorder(bob)
+            await bob.join("renew")
+            command = shlex.join([sys.executable, str(script), str(counter), SECRET])
+            proc = await asyncio.create_subprocess_exec(
+                *CHAT,
+                "--url",
+                srv.url,
+                "--room",
+                "renew",
+                "--token-command",
+                command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(b"before\n")
+            await proc.stdin.drain()
+            await seen.until(lambda: "before" in seen.texts("renew"))
+            await asyncio.sleep(3.5)  # the first token expired: disconnected, reconnected
+            proc.stdin.write(b"after\n")
+            proc.stdin.close()
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            await seen.until(lambda: "after" in seen.texts("renew"))
+    assert proc.returncode == 0, err.decode()
+    assert "[renew] alice: after" in out.decode()
+    assert "* the token expired; reconnecting with a fresh one" in out.decode()
+    assert int(counter.read_text()) >= 2

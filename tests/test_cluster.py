@@ -171,12 +171,12 @@ async def test_rate_limit_is_cluster_wide(redis_url, clients):
         on_b = await connect(b.url, "alice")  # handshake: 1 token
         clients += [on_a, on_b]
         for _ in range(2):
-            assert (await on_a.call("presence:get", "r"))["ok"]
-            assert (await on_b.call("presence:get", "r"))["ok"]
-        limited = await on_b.call("presence:get", "r")
+            assert (await on_a.call("join:room", "r"))["ok"]
+            assert (await on_b.call("join:room", "r"))["ok"]
+        limited = await on_b.call("join:room", "r")
         assert limited["error"]["code"] == "rate_limited"
         assert limited["error"]["retryAfterMs"] > 0
-        assert (await on_a.call("presence:get", "r"))["error"]["code"] == "rate_limited"
+        assert (await on_a.call("join:room", "r"))["error"]["code"] == "rate_limited"
 
 
 async def test_presence_of_a_killed_instance_expires(redis_url, clients):

@@ -17,7 +17,11 @@ def test_defaults_are_the_contract():
     assert settings.cors_allowed_origins == ()  # same origin only, never '*' by default
     assert settings.algorithms == ("HS256",)
     assert not settings.cluster and not settings.admin_ui and not settings.websocket_compression
+    assert settings.websocket_driver == "fast"
+    assert Settings.from_env({**SECRET, "WEBSOCKET_DRIVER": "Stock"}).websocket_driver == "stock"
     assert settings.instance_id  # the hostname, i.e. the pod name
+    assert settings.room_access == "open" and not settings.room_auth_url
+    assert settings.connection_state_recovery_seconds == 120
 
 
 def test_every_documented_variable_is_read():
@@ -43,6 +47,10 @@ def test_every_documented_variable_is_read():
         "LOG_LEVEL",
         "LOG_FORMAT",
         "INSTANCE_ID",
+        "WEBSOCKET_DRIVER",
+        "ROOM_ACCESS",
+        "ROOM_AUTH_URL",
+        "CONNECTION_STATE_RECOVERY_SECONDS",
     ):
         assert name in VARIABLES
 
@@ -62,8 +70,14 @@ def test_every_documented_variable_is_read():
         ("MAX_CONNECTIONS", "1.5"),
         ("PING_INTERVAL", "-1"),
         ("WEBSOCKET_COMPRESSION", "maybe"),
+        ("WEBSOCKET_DRIVER", "turbo"),
         ("SHUTDOWN_DELAY_SECONDS", "30"),
         ("JWT_PUBLIC_KEY", "/nonexistent.pem"),
+        ("ROOM_ACCESS", "closed"),
+        ("ROOM_AUTH_URL", "ftp://auth.example/can-join"),
+        ("ROOM_AUTH_URL", "auth.example"),
+        ("ROOM_AUTH_TIMEOUT_SECONDS", "0"),
+        ("CONNECTION_STATE_RECOVERY_SECONDS", "-1"),
     ],
 )
 def test_invalid_values_name_the_variable(name, value):
@@ -103,7 +117,9 @@ def test_admin_ui_needs_a_password():
 
 
 def test_secrets_stay_out_of_repr():
-    settings = Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "hunter2-pass"})
+    settings = Settings.from_env(
+        {**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "hunter2-pass-long-enough"}
+    )
     assert "s" * 32 not in repr(settings) and "hunter2" not in repr(settings)
 
 
@@ -125,3 +141,12 @@ def test_redis_resilience_settings():
     for name, bad in (("REDIS_WAIT_REPLICAS", "-1"), ("REDIS_OUTAGE_BUFFER_SECONDS", "soon")):
         with pytest.raises(ConfigError, match=f"^{name}: "):
             Settings.from_env({**SECRET, name: bad})
+
+
+def test_admin_password_must_be_long_and_admin_networks_valid():
+    with pytest.raises(ConfigError, match="ADMIN_PASSWORD: must be at least 16 characters"):
+        Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "x" * 15})
+    assert Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "x" * 16}).admin_ui
+    with pytest.raises(ConfigError, match="ADMIN_ALLOWED_NETWORKS"):
+        Settings.from_env({**SECRET, "ADMIN_ALLOWED_NETWORKS": "everyone"})
+    assert Settings.from_env({**SECRET}).admin_allowed_networks == ("127.0.0.0/8", "::1/128")

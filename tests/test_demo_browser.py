@@ -119,7 +119,7 @@ async def test_two_tabs_on_two_instances_chat_and_recover(dev_instances, tmp_pat
             await page.wait_for(texts(["hello bob, from instance A"]))
         await bob.wait_for("document.querySelector('#typing').textContent === ''")
 
-        # bob drops for 1.5 s; what alice says meanwhile comes back through `missed`
+        # bob's transport drops for 1.5 s; what alice says meanwhile comes back by recovery
         await bob.evaluate("document.querySelector('#drop').click()")
         await bob.wait_for("!window.demo.socket.connected")
         for text in ("while you were away", "and one more"):
@@ -129,6 +129,8 @@ async def test_two_tabs_on_two_instances_chat_and_recover(dev_instances, tmp_pat
         await bob.wait_for(texts(expected))
         await bob.wait_for("window.demo.recoveries.length === 1")
         assert await bob.evaluate("window.demo.recoveries") == [{"missed": 2, "recovered": True}]
+        # Socket.IO connection state recovery did it: no rejoin by the page
+        assert await bob.evaluate("window.demo.socket.recovered") is True
         recovered = await bob.evaluate("window.demo.messages.map(m => m.recovered)")
         assert recovered == [False, True, True]
         await type_and_send(bob, "back, thanks")

@@ -129,7 +129,7 @@ async def test_overloaded_at_max_connections_and_engineio_session_cap(clients) -
         evicted = sample(srv.app, "socketio_clients_evicted_total", reason="connect_timeout")
         assert evicted >= 100
         # the connected clients were not touched
-        assert (await clients[0].call("presence:get", "r"))["ok"]
+        assert (await clients[0].call("join:room", "r"))["ok"]
     print(f"\nsession cap: {dict(statuses)}; idle sessions freed within {freed_after:.1f}s")
 
 
@@ -150,7 +150,7 @@ async def test_event_flood_is_limited_cluster_wide_and_others_unaffected(redis_u
         async def flood(client: Any) -> Counter[str]:
             counts: Counter[str] = Counter()
             acks = await asyncio.gather(
-                *(client.call("presence:get", "r", timeout=20) for _ in range(300))
+                *(client.call("join:room", "r", timeout=20) for _ in range(300))
             )
             for ack in acks:
                 counts["ok" if ack["ok"] else ack["error"]["code"]] += 1
@@ -161,7 +161,7 @@ async def test_event_flood_is_limited_cluster_wide_and_others_unaffected(redis_u
         async def bystander_calls() -> None:
             for _ in range(10):
                 t0 = time.perf_counter()
-                assert (await bystander.call("presence:get", "r"))["ok"]
+                assert (await bystander.call("join:room", "r"))["ok"]
                 latencies.append(time.perf_counter() - t0)
                 await asyncio.sleep(0.05)
 
@@ -318,7 +318,6 @@ async def test_a_stalled_websocket_is_aborted_after_its_ping_timeout(clients) ->
         await sender.call("join:room", "s")
         stalled = await stalled_websocket(srv.url, "stalled", "s")
         eio = srv.app[keys.SIO].eio
-        guard = eio.create_queue.__self__  # the Guard that install_guard() put there
         # ~1.5 MB: fills the kernel buffers and pauses the server's transport, below the
         # direct-write threshold and the send buffer, so nothing evicts it for size
         for _ in range(10):
@@ -329,6 +328,7 @@ async def test_a_stalled_websocket_is_aborted_after_its_ping_timeout(clients) ->
                 )
             )
         started = time.monotonic()
+        guard = srv.app[keys.GUARD]
         while len(guard.websockets) > 1 or len(eio.sockets) > 1:  # only the sender left
             assert time.monotonic() - started < 15, "the stalled websocket was never closed"
             await asyncio.sleep(0.1)
@@ -416,3 +416,256 @@ def test_handshake_buckets_refill_and_stay_bounded() -> None:
     for n in range(3):
         limiter.take(f"x{n}", now=100)
     assert len(limiter) <= 5
+
+
+# -- sessions that dodge the handshake limits ------------------------------------------------
+
+
+async def raw_handshake(http: aiohttp.ClientSession, url: str, query: str, xff: str) -> int:
+    """A polling handshake with an arbitrary query tail (``sid=``, ``sid``...)."""
+    headers = {"X-Forwarded-For": xff}
+    async with http.get(f"{url}/socket.io/?EIO=4&transport=polling&{query}", headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+@pytest.mark.parametrize("query", ["sid=", "sid", "sid=&sid=", "sid=not-a-session"])
+async def test_an_empty_or_unknown_sid_is_a_handshake_and_is_limited(query: str) -> None:
+    """python-engineio drops empty query values, so ``sid=`` starts a new session: it must
+    pay the per-address handshake limit like any handshake, and be counted."""
+    async with running_server(handshake_rate_per_address=1, handshake_burst_per_address=5) as srv:
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            statuses = Counter(
+                await asyncio.gather(
+                    *(raw_handshake(http, srv.url, query, "203.0.113.77") for _ in range(40))
+                )
+            )
+            # websocket handshakes too
+            ws_accepted = 0
+            for _ in range(10):
+                try:
+                    ws = await http.ws_connect(
+                        f"{srv.url}/socket.io/?EIO=4&transport=websocket&{query}",
+                        headers={"X-Forwarded-For": "203.0.113.77"},
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status in (400, 429)
+                else:
+                    ws_accepted += 1
+                    await ws.close()
+            elapsed = time.monotonic() - started
+        held = len(srv.app[keys.SIO].eio.sockets)
+        refused = sample(srv.app, "socketio_handshakes_refused_total", reason="rate_limited")
+    print(f"\n{query!r}: polling {dict(statuses)}, websocket accepted {ws_accepted}, held {held}")
+    allowed = 5 + elapsed * 1 + 1  # burst + rate over the attempts
+    assert statuses[200] + ws_accepted <= allowed, (statuses, ws_accepted, elapsed)
+    assert statuses[429] >= 40 - allowed
+    assert refused >= statuses[429]
+    write_report(
+        f"empty-sid-{query.replace('=', '_').replace('&', '+')}",
+        {"attempts": 50, "accepted": statuses[200] + ws_accepted, "held": held},
+    )
+
+
+async def test_closed_sessions_leave_the_session_table_at_once() -> None:
+    async with running_server(handshake_rate_per_address=0) as srv:
+        eio = srv.app[keys.SIO].eio
+        async with aiohttp.ClientSession() as http:
+            raws = [await open_raw(srv.url, "polling", http) for _ in range(20)]
+            assert len(eio.sockets) == 20
+            for raw in raws:
+                await raw.close()  # an Engine.IO CLOSE packet
+            await asyncio.sleep(0.3)
+            # stock: they stay until python-engineio's service task reaches each one
+            assert len(eio.sockets) == 0
+
+
+async def test_readiness_and_a_metric_show_when_every_handshake_would_be_refused() -> None:
+    async with running_server(
+        max_connections=1, handshake_rate_per_address=0, connect_timeout_seconds=60
+    ) as srv:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 200
+            statuses = Counter([await handshake(http, srv.url) for _ in range(1 + SESSION_SLACK)])
+            assert statuses == {200: 1 + SESSION_SLACK}
+            assert await handshake(http, srv.url) == 503
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 503
+                assert "at_session_capacity" in (await resp.json())["reasons"]
+            async with http.get(f"{srv.url}/metrics") as resp:
+                text = await resp.text()
+        assert "socketio_at_capacity 1.0" in text
+        assert f"socketio_engineio_sessions {1 + SESSION_SLACK + 0.0}" in text
+        assert sample(srv.app, "socketio_handshakes_refused_total", reason="overloaded") == 1
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_socket_that_leaves_the_namespace_but_keeps_its_transport_is_closed(
+    transport: str,
+) -> None:
+    """``40`` then ``41``: the namespace forgets the socket, so it must be bounded like a
+    session that never connected (CONNECT_TIMEOUT_SECONDS), or one user holds sessions
+    past MAX_SOCKETS_PER_USER and MAX_CONNECTIONS."""
+    async with running_server(
+        handshake_rate_per_address=0,
+        connect_timeout_seconds=1,
+        max_sockets_per_user=3,
+    ) as srv:
+        eio = srv.app[keys.SIO].eio
+        async with aiohttp.ClientSession() as http:
+            zombies = []
+            for _ in range(3):
+                raw = await open_raw(srv.url, transport, http)
+                await raw.connect({"token": token("zed")})
+                zombies.append(raw)
+            await asyncio.sleep(1.5)  # well connected: past the connect timeout
+            for raw in zombies:
+                await raw.send("41")
+            await asyncio.sleep(0.2)
+            assert len(srv.app[keys.NAMESPACE].sessions) == 0
+            assert len(eio.sockets) == 3
+            started = time.monotonic()
+            for raw in zombies:
+                await raw.drain(8)  # returns early once the server closed it
+            closed_after = time.monotonic() - started
+            assert all(raw.closed for raw in zombies)
+            assert len(eio.sockets) == 0
+            # a zombie that comes back with `40` is counted again (per user, per instance)
+            again = await open_raw(srv.url, transport, http)
+            await again.connect({"token": token("zed")})
+            await again.send("41")
+            await again.connect({"token": token("zed")})
+            assert len(srv.app[keys.NAMESPACE].sessions) == 1
+            await again.close()
+        evicted = sample(srv.app, "socketio_clients_evicted_total", reason="connect_timeout")
+    assert evicted >= 3
+    print(f"\nzombie sessions ({transport}): closed {closed_after:.1f}s after `41`")
+    write_report(f"zombie-{transport}", {"zombies": 3, "closed_after_s": round(closed_after, 1)})
+
+
+# -- slowloris -------------------------------------------------------------------------------------
+
+
+async def _trickle(host: str, port: int, seconds: float, every: float) -> float | None:
+    """Send a request head one header line at a time; the seconds until the server closed
+    the connection, None if it was still open after ``seconds``."""
+    reader, writer = await asyncio.open_connection(host, port)
+    started = time.monotonic()
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        n = 0
+        while time.monotonic() - started < seconds:
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1024), every) == b"":
+                    return time.monotonic() - started
+            n += 1
+            try:
+                writer.write(f"X-Slow-{n}: {n}\r\n".encode())
+                await writer.drain()
+            except ConnectionError:
+                return time.monotonic() - started
+        return None
+    finally:
+        writer.close()
+
+
+async def test_slowloris_connections_are_closed_after_the_header_timeout() -> None:
+    timeout = 1.0
+    async with running_server(http_header_timeout_seconds=timeout) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        trickled = await asyncio.gather(
+            *(_trickle(host, int(port), seconds=6, every=0.3) for _ in range(50))
+        )
+        # a connection that sends nothing at all
+        reader, writer = await asyncio.open_connection(host, int(port))
+        silent = await asyncio.wait_for(reader.read(), 6)
+        writer.close()
+        # an idle keep-alive connection is not a slow request: it stays usable
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{srv.url}/healthz") as resp:
+                assert resp.status == 200
+            await asyncio.sleep(timeout * 2.5)
+            async with http.get(f"{srv.url}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{srv.url}/metrics") as resp:
+                text = await resp.text()
+    assert all(t is not None for t in trickled), trickled
+    assert silent == b""
+    assert "socketio_http_header_timeouts_total 51.0" in text
+    closed = sorted(t for t in trickled if t is not None)
+    report = {
+        "connections": 50,
+        "header_timeout_s": timeout,
+        "closed_after_s_median": round(statistics.median(closed), 2),
+        "closed_after_s_max": round(closed[-1], 2),
+    }
+    print("\nslowloris:", report)
+    write_report("slowloris", report)
+
+
+async def test_sockets_that_left_the_namespace_keep_their_users_slot_until_they_close() -> None:
+    """One user held 60 sessions under MAX_SOCKETS_PER_USER=20 by leaving `/` with `41`
+    and connecting again; with MAX_CONNECTIONS=5 one user's zombies filled the instance."""
+    async with running_server(
+        handshake_rate_per_address=0,
+        connect_timeout_seconds=2,
+        max_sockets_per_user=2,
+        max_connections=3,
+        rate_limit_events=10**6,
+    ) as srv:
+        namespace = srv.app[keys.NAMESPACE]
+        async with aiohttp.ClientSession() as http:
+            zombies = []
+            for _ in range(2):
+                raw = await open_raw(srv.url, "websocket", http)
+                await raw.connect({"token": token("zed")})
+                await raw.send("41")
+                zombies.append(raw)
+            await asyncio.sleep(0.2)
+            assert len(namespace.sessions) == 0
+            # the user's two slots are still held: a third socket is refused
+            third = await open_raw(srv.url, "websocket", http)
+            with pytest.raises(Closed, match="too many connections for this user"):
+                await third.connect({"token": token("zed")})
+            # and they count toward MAX_CONNECTIONS too
+            other = await open_raw(srv.url, "websocket", http)
+            await other.connect({"token": token("other")})
+            last = await open_raw(srv.url, "websocket", http)
+            with pytest.raises(Closed, match="server at capacity"):
+                await last.connect({"token": token("last")})
+            # a zombie that connects again takes its own slot back
+            await zombies[0].connect({"token": token("zed")})
+            assert len(namespace.sessions) == 2
+            await zombies[0].close()
+            # once the other zombie's session is closed (connect timeout), its slot is free
+            await zombies[1].drain(6)
+            assert zombies[1].closed
+            await asyncio.sleep(0.2)
+            fresh = await open_raw(srv.url, "websocket", http)
+            await fresh.connect({"token": token("zed")})
+            assert len(namespace.lingering) == 0
+            for raw in (third, other, last, fresh):
+                await raw.close()
+
+
+async def test_readiness_counts_the_slots_held_by_sockets_that_left() -> None:
+    async with running_server(
+        handshake_rate_per_address=0, connect_timeout_seconds=30, max_connections=1
+    ) as srv:
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, "websocket", http)
+            await raw.connect({"token": token("zed")})
+            await raw.send("41")
+            await asyncio.sleep(0.2)
+            assert len(srv.app[keys.NAMESPACE].sessions) == 0
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["reasons"] == ["at_max_connections"]
+            assert sample(srv.app, "socketio_at_capacity") == 1
+            await raw.close()
+            await asyncio.sleep(0.2)
+            async with http.get(f"{srv.url}/readyz") as resp:
+                assert resp.status == 200
+            assert sample(srv.app, "socketio_at_capacity") == 0

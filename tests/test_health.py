@@ -1,4 +1,4 @@
-"""DESIGN §4 probes: /healthz (liveness), /readyz (the one readiness truth), /health (detail)."""
+"""docs/protocol.md#http-endpoints probes: /healthz (liveness), /readyz (the one readiness truth), /health (detail)."""
 
 from __future__ import annotations
 

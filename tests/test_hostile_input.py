@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service import keys
 from service.protocol import CLIENT_EVENTS, ERROR_CODES
 
 from .corpus import Case, all_cases
@@ -119,7 +120,7 @@ async def send_case(raw: RawClient, case: Case) -> str:
             await raw.send(*case.frames)
         # the server handles one client's packets in order: once the probe is acked,
         # everything before it was handled
-        ack = await raw.call("presence:get", "r", timeout=2)
+        ack = await raw.call("join:room", "probe", timeout=2)
         assert ack["ok"] is True, ack
         return "acked"
     except Closed:
@@ -132,7 +133,7 @@ async def fresh_client_answers(url: str, transport: str, http: aiohttp.ClientSes
     raw = await open_raw(url, transport, http)
     try:
         await raw.connect({"token": token("fresh")})
-        ack = await raw.call("presence:get", "r", timeout=5)
+        ack = await raw.call("join:room", "probe", timeout=5)
         assert ack["ok"] is True, ack
     finally:
         await raw.close()
@@ -507,3 +508,331 @@ async def test_a_client_event_named_like_a_reserved_one_changes_nothing(name: st
             )
             await raw.close()
             await observer.close()
+
+
+# -- client input that reaches Redis -------------------------------------------------------------
+
+BEYOND_REDIS_IDS = {
+    "ms 2^64": "18446744073709551616-0",
+    "seq 2^64": "0-18446744073709551616",
+    "both 2^64": "18446744073709551616-18446744073709551616",
+    "arabic-indic digits": "\u0661\u0662\u0663-0",
+    "fullwidth digits": "\uff11\uff12-0",
+    "superscript": "\u00b2-0",
+    "plus sign": "+1-0",
+    "spaces": " 1-0",
+}
+EDGE_IDS = {
+    "zero": "0-0",
+    "largest": "18446744073709551615-18446744073709551615",
+    "largest ms": "18446744073709551615-0",
+    "leading zeros": "000000000000000000001-000",
+}
+
+
+@pytest.mark.parametrize("mode", ["cluster", "embedded"])
+async def test_every_id_from_a_client_is_validated_before_redis(request, mode: str) -> None:
+    """Ids Redis cannot parse (past 64 bits, other scripts' digits) are the client's
+    fault: ``invalid_payload``, never ``internal``; ids at the edges of the range work."""
+    overrides: dict[str, Any] = {"rate_limit_events": 10**6}
+    if mode == "cluster":
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+    async with running_server(**overrides) as srv:
+        client = await connect(srv.url, "idler")
+        try:
+            assert (await client.call("join:room", "ids"))["ok"]
+            sent = await client.call("message:send", {"roomId": "ids", "message": "m"})
+            assert sent["ok"]
+            for name, bad in BEYOND_REDIS_IDS.items():
+                for ack in (
+                    await client.call("history:get", {"roomId": "ids", "before": bad}),
+                    await client.call("join:room", {"roomId": "ids", "since": bad}),
+                ):
+                    assert ack["ok"] is False, (name, ack)
+                    assert ack["error"]["code"] == "invalid_payload", (name, ack)
+            for name, edge in EDGE_IDS.items():
+                got = await client.call("history:get", {"roomId": "ids", "before": edge})
+                assert got["ok"], (name, got)
+                joined = await client.call("join:room", {"roomId": "ids", "since": edge})
+                assert joined["ok"], (name, joined)
+            before_zero = await client.call("history:get", {"roomId": "ids", "before": "0-0"})
+            assert before_zero["messages"] == []
+            after_all = await client.call(
+                "join:room", {"roomId": "ids", "since": EDGE_IDS["largest"]}
+            )
+            assert after_all["missed"] == []
+            everything = await client.call(
+                "history:get", {"roomId": "ids", "before": EDGE_IDS["largest"]}
+            )
+            assert [m["id"] for m in everything["messages"]] == [sent["id"]]
+            since_zero = await client.call(
+                "join:room", {"roomId": "ids", "since": EDGE_IDS["leading zeros"]}
+            )
+            assert [m["id"] for m in since_zero["missed"]] == [sent["id"]]
+            # a private message to a user id Redis cannot encode as a channel name
+            lone = await client.call("message:private", {"targetUserId": "\ud800", "message": "x"})
+            assert lone["ok"] is False and lone["error"]["code"] == "invalid_payload"
+        finally:
+            await client.close()
+        metrics = srv.app[keys.METRICS].registry
+        internal = sum(
+            s.value
+            for m in metrics.collect()
+            if m.name == "socketio_event_errors"
+            for s in m.samples
+            if s.labels.get("code") == "internal" and s.name.endswith("_total")
+        )
+    assert internal == 0
+
+
+# -- escaping amplification ------------------------------------------------------------------------
+
+
+async def _redis_field_bytes(redis_url: str, room: str) -> list[int]:
+    """The stored size of every history entry of ``room`` (the JSON field, in bytes)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys_found = [k async for k in client.scan_iter(match=f"*history*{{{room}}}")]
+        assert len(keys_found) == 1, keys_found
+        entries = await client.xrange(keys_found[0])
+        return [len(fields[b"m"]) for _, fields in entries]
+    finally:
+        await client.aclose()
+
+
+async def test_a_message_costs_about_its_size_on_the_wire_and_in_redis(redis_url) -> None:
+    """ensure_ascii made a 4 KB message of CJK text 8.3 KB and one of control characters
+    24.5 KB, on the wire and in Redis."""
+    cjk = "\u4e2d" * 1365  # 4,095 bytes of UTF-8
+    quotes = '"' * 4096  # JSON's worst case left: two bytes per character
+    async with running_server(redis_url=redis_url, rate_limit_events=10**6) as srv:
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, "websocket", http)
+            await raw.connect({"token": token("sizer")})
+            assert (await raw.call("join:room", "sizes"))["ok"]
+            wire: dict[str, int] = {}
+            for name, text in (("cjk", cjk), ("quotes", quotes), ("ascii", "a" * 4096)):
+                await raw.send(
+                    "42" + json.dumps(["message:send", {"roomId": "sizes", "message": text}])
+                )
+                frame = await raw.expect('42["message:received"')
+                assert json.loads(frame[2:])[1]["message"] == text
+                wire[name] = len(frame.encode())
+            controls = await raw.call("message:send", {"roomId": "sizes", "message": "\x01" * 4080})
+            assert controls["ok"] is False and controls["error"]["code"] == "invalid_payload"
+            text_ok = await raw.call(
+                "message:send", {"roomId": "sizes", "message": "line\nnext\ttab\r\n"}
+            )
+            assert text_ok["ok"], text_ok
+            await raw.close()
+        stored = await _redis_field_bytes(redis_url, "sizes")
+    envelope = 300
+    assert wire["cjk"] <= 4095 + envelope, wire
+    assert wire["ascii"] <= 4096 + envelope, wire
+    assert wire["quotes"] <= 2 * 4096 + envelope, wire
+    assert stored[0] <= 4095 + envelope and stored[2] <= 4096 + envelope, stored
+    report = {
+        "wire_bytes": wire,
+        "redis_bytes": dict(zip(("cjk", "quotes", "ascii"), stored[:3], strict=True)),
+    }
+    print("\nbytes per 4 KB message:", report)
+    _write_report("escaping", report)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_replies_with_history_fit_the_send_buffer_and_page_the_rest(
+    redis_url, transport: str
+) -> None:
+    """A join:room reply with 30 messages of 4 KB (and as many missed) was larger than
+    SEND_BUFFER_BYTES: a long-polling client was evicted before it got its reply."""
+    buffer = 64 * 1024
+    text = "\u4e2d" * 1364
+    async with running_server(
+        redis_url=redis_url, rate_limit_events=10**6, send_buffer_bytes=buffer
+    ) as srv:
+        writer = await connect(srv.url, "writer")
+        try:
+            await writer.call("join:room", "big")
+            ids = []
+            for n in range(30):
+                ack = await writer.call("message:send", {"roomId": "big", "message": f"{n}{text}"})
+                ids.append(ack["id"])
+        finally:
+            await writer.close()
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, transport, http)
+            await raw.connect({"token": token("reader")})
+            ack_id = raw.next_ack_id()
+            await raw.send(
+                f"42{ack_id}" + json.dumps(["join:room", {"roomId": "big", "since": "0-0"}])
+            )
+            frame = await raw.expect(f"43{ack_id}[", timeout=10)
+            reply = json.loads(frame[len(f"43{ack_id}") :])[0]
+            reply_bytes = len(frame.encode())
+            assert reply["ok"], reply
+            assert reply_bytes < buffer
+            assert reply["more"] is True and reply["missedMore"] is True
+            # page the history back, and the missed messages forward
+            history = [m["id"] for m in reply["history"]]
+            while True:
+                page = await raw.call("history:get", {"roomId": "big", "before": history[0]})
+                history = [m["id"] for m in page["messages"]] + history
+                if not page.get("more"):
+                    break
+            missed = [m["id"] for m in reply["missed"]]
+            more = reply["missedMore"]
+            while more:
+                again = await raw.call("join:room", {"roomId": "big", "since": missed[-1]})
+                missed += [m["id"] for m in again["missed"]]
+                more = again.get("missedMore", False)
+            assert not raw.closed
+            await raw.close()
+        evicted = sample_value(srv.app, "socketio_clients_evicted_total", reason="slow_consumer")
+    assert history == ids
+    assert missed == ids
+    assert evicted == 0
+    print(f"\njoin reply ({transport}): {reply_bytes} bytes under a {buffer}-byte buffer")
+    _write_report(f"history-reply-{transport}", {"reply_bytes": reply_bytes, "buffer": buffer})
+
+
+def sample_value(app: Any, name: str, **labels: str) -> float:
+    return app[keys.METRICS].registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_python_client_collects_every_missed_message_of_a_cut_reply() -> None:
+    from service.client import ChatClient
+
+    text = "\u4e2d" * 1364
+    async with running_server(rate_limit_events=10**6, send_buffer_bytes=32 * 1024) as srv:
+        writer = await connect(srv.url, "writer")
+        try:
+            await writer.call("join:room", "cut")
+            ids = [
+                (await writer.call("message:send", {"roomId": "cut", "message": f"{n}{text}"}))[
+                    "id"
+                ]
+                for n in range(12)
+            ]
+        finally:
+            await writer.close()
+        client = ChatClient(srv.url, token("reader"))
+        got: list[str] = []
+        client.on("message:received", lambda m: got.append(m["id"]))
+        await client.connect()
+        try:
+            ack = await client.join("cut", since="0-0")
+            assert [m["id"] for m in ack["missed"]] == ids
+            assert ack.get("more") is True  # history itself was cut: page with before
+            older = await client.history("cut", before=ack["history"][0]["id"])
+            assert [m["id"] for m in older["messages"]] + [m["id"] for m in ack["history"]] == ids[
+                -len(older["messages"]) - len(ack["history"]) :
+            ]
+        finally:
+            await client.close()
+        assert got == ids
+
+
+# -- a socket does not outlive its token -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_socket_is_disconnected_when_its_token_expires(transport: str) -> None:
+    """A 2 s token kept sending and reading history 12 s later; now the socket gets
+    ``auth:expired`` and is disconnected at exp + leeway."""
+    async with running_server(jwt_leeway_seconds=0.5, rate_limit_events=10**6) as srv:
+        async with aiohttp.ClientSession() as http:
+            raw = await open_raw(srv.url, transport, http)
+            started = time.time()
+            await raw.connect({"token": token("brief", ttl=2)})
+            assert (await raw.call("join:room", "r"))["ok"]
+            notice = await raw.expect('42["auth:expired"', timeout=6)
+            closed_after = time.time() - started
+            frames = await raw.drain(2)
+            assert json.loads(notice[2:])[1]["code"] == "token_expired"
+            assert raw.closed or any(f == "41" for f in frames), frames
+            # no longer answered (the Engine.IO session left alone goes after the
+            # connect timeout, like any session without a namespace)
+            with pytest.raises((Closed, TimeoutError)):
+                await raw.call("history:get", "r", timeout=1)
+            await raw.close()
+        expired = sample_value(srv.app, "socketio_disconnections_total", reason="token_expired")
+        assert expired == 1
+        assert len(srv.app[keys.NAMESPACE].expiry) == 0
+    # exp is whole seconds: the token expired 1-2 s after it was minted
+    assert 1 <= closed_after < 5, closed_after
+    print(f"\nexpired token ({transport}): disconnected {closed_after:.1f}s after connecting")
+    _write_report(
+        f"token-expiry-{transport}", {"ttl_s": 2, "closed_after_s": round(closed_after, 1)}
+    )
+
+
+async def test_the_python_client_refreshes_its_token_and_carries_on() -> None:
+    from service.client import CONNECTED, DISCONNECTED, ChatClient
+
+    minted: list[str] = []
+
+    def fresh() -> str:  # a 2 s token first, then long ones (no second expiry mid-test)
+        minted.append(token("renewer", ttl=2 if not minted else 3600))
+        return minted[-1]
+
+    async with running_server(jwt_leeway_seconds=0, rate_limit_events=10**6) as srv:
+        observer = await connect(srv.url, "olivia")
+        try:
+            await observer.call("join:room", "renew")
+            client = ChatClient(srv.url, fresh)
+            events: list[tuple[str, Any]] = []
+            client.on("*", lambda item: events.append(item))
+            await client.connect()
+            try:
+                await client.join("renew")
+                await client.send("renew", "first")
+                await asyncio.sleep(3.5)  # past the first token's expiry
+                await client.send("renew", "second")
+                names = [name for name, _ in events]
+                assert "auth:expired" in names
+                assert names.count(DISCONNECTED) >= 1 and names.count(CONNECTED) >= 1
+                assert len(minted) >= 2
+            finally:
+                await client.close()
+            await observer.wait_for("message:received", lambda m: m["message"] == "second")
+        finally:
+            await observer.close()
+
+
+async def test_a_token_subject_redis_cannot_encode_is_refused(redis_url) -> None:
+    """A signed ``sub`` with a lone surrogate becomes the user's channel name in cluster
+    mode: refused ``unauthorized`` at the handshake, not an internal error."""
+    async with running_server(redis_url=redis_url) as srv:
+        data = await connect_error(srv.url, auth={"token": token("\ud800")})
+        assert data["code"] == "unauthorized"
+        ok = await connect(srv.url, "still-fine")
+        await ok.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_official_js_client_learns_why_and_reconnects_with_a_fresh_token(
+    transport: str,
+) -> None:
+    from .test_js_client import JS_DIR, js_client_ready
+
+    node = js_client_ready()
+    async with running_server(jwt_leeway_seconds=0) as srv:
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            str(JS_DIR / "expiry.js"),
+            srv.url,
+            token("brief", ttl=2),
+            token("brief"),
+            transport,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert proc.returncode == 0, (report, err.decode())
+    assert report["expired"]["code"] == "token_expired"
+    assert report["disconnectReason"] == "io server disconnect"
+    assert report["afterRefresh"]["ok"] is True  # the refreshed socket is served again
+    assert report["afterRefresh"]["roomId"] == "nowhere"

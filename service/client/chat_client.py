@@ -48,6 +48,7 @@ __all__ = [
     "ConnectFailed",
     "Disconnected",
     "EventRefused",
+    "Forbidden",
     "HandshakeRefused",
     "InvalidPayload",
     "NotInRoom",
@@ -83,7 +84,7 @@ SEEN_IDS_PER_ROOM = 4096
 
 
 class ChatError(Exception):
-    """Any failure, with the ``{code, message}`` of DESIGN §3 or a client-side code."""
+    """Any failure, with the ``{code, message}`` of docs/protocol.md or a client-side code."""
 
     def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(f"{code}: {message}")
@@ -102,6 +103,11 @@ class InvalidPayload(EventRefused):
 
 class NotInRoom(EventRefused):
     pass
+
+
+class Forbidden(EventRefused):
+    """``forbidden``: this token may not join the room (its ``rooms`` claim or the
+    server's join hook says no); retrying with the same token will not help."""
 
 
 class RateLimited(EventRefused):
@@ -155,6 +161,7 @@ class ClientClosed(ChatError):
 _EVENT_ERRORS: dict[str, type[EventRefused]] = {
     "invalid_payload": InvalidPayload,
     "not_in_room": NotInRoom,
+    "forbidden": Forbidden,
     "rate_limited": RateLimited,
     "too_large": TooLarge,
     "too_many_rooms": TooManyRooms,
@@ -201,6 +208,8 @@ class JoinAck(TypedDict):
     history: list[Message]
     missed: NotRequired[list[Message]]
     recovered: NotRequired[bool]
+    more: NotRequired[bool]
+    """Older history than fits one reply exists: page with ``history(before=...)``."""
 
 
 class RoomAck(TypedDict):
@@ -218,6 +227,8 @@ class HistoryAck(TypedDict):
     ok: bool
     roomId: str
     messages: list[Message]
+    more: NotRequired[bool]
+    """Cut to fit one reply: ask again with ``before`` = the first message's id."""
 
 
 class PresenceAck(TypedDict):
@@ -580,11 +591,13 @@ class ChatClient:
                 self._ready.clear()
                 self._emit(DISCONNECTED, {"url": conn.url, "reason": conn.reason})
 
-        def on_message(data: Any) -> None:
+        def on_message(data: Any = None, *_offset: Any) -> None:
+            # the server appends the message id (the Socket.IO recovery offset): not needed
+            # here, rooms are rejoined by id
             if current():
                 self._on_room_message(data)
 
-        def on_private(data: Any) -> None:
+        def on_private(data: Any = None, *_: Any) -> None:
             if not current():
                 return
             message_id = data.get("id") if isinstance(data, dict) else None
@@ -596,12 +609,14 @@ class ChatClient:
                     self._private_seen.popitem(last=False)
             self._emit(p.PRIVATE_RECEIVED, data)
 
-        def on_shutdown(data: Any = None) -> None:
+        def on_shutdown(data: Any = None, *_: Any) -> None:
             if current():
                 self._shutdown_notice = True
                 self._emit(p.SERVER_SHUTDOWN, data)
 
         def on_other(event: str, *args: Any) -> None:
+            if event == p.JOINED_ROOM:
+                args = args[:1]  # a trailing null keeps the recovery offset of JS clients
             if current():
                 self._emit(event, args[0] if len(args) == 1 else list(args))
 
@@ -645,7 +660,7 @@ class ChatClient:
             room.pending = []
             payload = {"roomId": room.room_id, "since": room.resume_from()}
             try:
-                ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
+                ack = await self._join_call(payload)
             except EventRefused as exc:
                 room.pending = None
                 log.warning("rejoin %s refused: %s", room.room_id, exc)
@@ -727,7 +742,7 @@ class ChatClient:
         room.pending = []
         payload: Any = room_id if since is None else {"roomId": room_id, "since": since}
         try:
-            ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
+            ack = await self._join_call(payload)
         except BaseException:
             room.pending = None
             if fresh:
@@ -735,6 +750,21 @@ class ChatClient:
             raise
         self._absorb(room, ack)
         return cast(JoinAck, ack)
+
+    async def _join_call(self, payload: Any) -> dict[str, Any]:
+        """``join:room``, repeated from the last missed id while the server says more
+        missed messages did not fit its reply (``missedMore``); one merged ack."""
+        ack = await self._call(p.JOIN_ROOM, payload, wait_ready=False)
+        missed = [m for m in ack.get("missed") or [] if isinstance(m, dict)]
+        more = ack.pop("missedMore", False)
+        while more and missed and isinstance(missed[-1].get("id"), str):
+            again = {"roomId": ack.get("roomId"), "since": missed[-1]["id"]}
+            page = await self._call(p.JOIN_ROOM, again, wait_ready=False)
+            missed += [m for m in page.get("missed") or [] if isinstance(m, dict)]
+            more = page.get("missedMore", False)
+        if "missed" in ack:
+            ack["missed"] = missed
+        return cast(dict[str, Any], ack)
 
     async def leave(self, room_id: str) -> RoomAck:
         """Leave ``room_id`` and stop rejoining it."""
@@ -807,8 +837,8 @@ async def _hang_up(sio: socketio.AsyncClient) -> None:
     try:
         if sio.connected:
             for namespace in list(sio.namespaces):
-                await sio._send_packet(
-                    sio.packet_class(socketio.packet.DISCONNECT, namespace=namespace)
+                await sio.eio.send(
+                    sio.packet_class(socketio.packet.DISCONNECT, namespace=namespace).encode()
                 )
         await sio.eio.disconnect(abort=True)
     except Exception:  # an already broken transport is fine: we are leaving anyway

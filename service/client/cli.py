@@ -14,10 +14,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from .. import protocol as p
 from .chat_client import (
@@ -29,7 +31,9 @@ from .chat_client import (
     ChatClient,
     ChatError,
     ConnectFailed,
+    Forbidden,
     HandshakeRefused,
+    TokenSource,
     Unauthorized,
 )
 
@@ -38,10 +42,36 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAUTHORIZED = 3
 EXIT_UNREACHABLE = 4
+EXIT_FORBIDDEN = 5
 
 TOKEN_ENV = "CHAT_TOKEN"
+TOKEN_COMMAND_ENV = "CHAT_TOKEN_COMMAND"
+TOKEN_COMMAND_SECONDS = 30.0
+
+
+def token_command(command: str) -> Callable[[], Awaitable[str]]:
+    """A token source that runs ``command`` (no shell) and reads the token it prints."""
+    argv = shlex.split(command)
+
+    async def fresh_token() -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), TOKEN_COMMAND_SECONDS)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ConnectFailed("token_command", "the token command timed out") from None
+        if proc.returncode != 0:
+            raise ConnectFailed("token_command", f"the token command exited {proc.returncode}")
+        return out.decode().strip()
+
+    return fresh_token
+
 
 HELP = """commands:
+  /help              this list
   /who               who is in the room
   /history [N]       the last N messages of the room
   /join ROOM         join another room (messages you type still go to the current room)
@@ -50,6 +80,26 @@ HELP = """commands:
   /msg USER TEXT     a private message
   /typing            tell the room you are typing (stops with your next message)
   /quit              leave (so does end of input)"""
+
+
+USAGES = {
+    "join": "/join ROOM",
+    "room": "/room ROOM",
+    "leave": "/leave ROOM",
+    "msg": "/msg USER TEXT",
+}
+"""Commands that need arguments: a bare ``/join`` answers with its usage line."""
+
+URL_SCHEMES = ("http", "https", "ws", "wss")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a server, or None. Without a scheme, python-socketio would
+    build a ``ws:///socket.io/`` URL and fail with a message that names neither."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in URL_SCHEMES or not parts.netloc:
+        return f"--url {url}: the URL needs http:// or https:// (e.g. http://127.0.0.1:3000)"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=None,
         help=f"the JWT (default: ${TOKEN_ENV}; mint one with `socketio-service token`)",
+    )
+    parser.add_argument(
+        "--token-command",
+        default=None,
+        help=(
+            f"a command that prints a fresh JWT (default: ${TOKEN_COMMAND_ENV}), run before "
+            "each (re)connect: the client then outlives its tokens' expiry"
+        ),
     )
     parser.add_argument("--room", default="lobby", help="the room to join (default: lobby)")
     parser.add_argument(
@@ -120,6 +178,8 @@ class Printer:
             self.line(f"[private] {data.get('fromUserId')}: {data.get('message')}")
         elif event == p.SERVER_SHUTDOWN:
             self.line("* the server is shutting down; moving to another instance")
+        elif event == p.AUTH_EXPIRED:
+            self.line("* the token expired; reconnecting with a fresh one")
         elif event == DISCONNECTED:
             self.line(f"* disconnected ({data.get('reason') or 'unknown'}), reconnecting")
         elif event == CONNECTED and data.get("reconnect"):
@@ -237,12 +297,16 @@ class Session:
         elif name == "typing":
             await self.client.typing_start(self.room)
             self.typing = True
-        else:
+        elif name == "help":
             self.printer.line(HELP)
+        elif name in USAGES:
+            self.printer.line(f"usage: {USAGES[name]}")
+        else:
+            self.printer.line(f"unknown command /{name}, try /help")
         return True
 
 
-async def run(args: argparse.Namespace, token: str, out: TextIO, err: TextIO) -> int:
+async def run(args: argparse.Namespace, token: TokenSource, out: TextIO, err: TextIO) -> int:
     printer = Printer(out)
     client = ChatClient(
         args.url,
@@ -277,6 +341,12 @@ async def run(args: argparse.Namespace, token: str, out: TextIO, err: TextIO) ->
         await session.join(args.room)
         printer.line(f"* talking in {args.room} as the token's user; /help for commands")
         return await interact(session, stdin_lines(asyncio.get_running_loop()), err)
+    except Forbidden as exc:
+        print(
+            f"error: this token may not join room {args.room!r} (forbidden): {exc.message}",
+            file=err,
+        )
+        return EXIT_FORBIDDEN
     except (ChatError, TimeoutError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_FAILED
@@ -307,6 +377,12 @@ async def interact(session: Session, lines: asyncio.Queue[str | None], err: Text
                         return EXIT_OK
                 else:
                     await session.send(line)
+            except Forbidden as exc:
+                print(
+                    f"error: forbidden: this token may not join that room ({exc.message})",
+                    file=err,
+                    flush=True,
+                )
             except ChatError as exc:
                 print(f"error: {exc.code}: {exc.message}", file=err, flush=True)
     finally:
@@ -322,11 +398,19 @@ def main(argv: Sequence[str]) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    token = args.token or os.environ.get(TOKEN_ENV, "")
+    for url in args.url:
+        problem = url_problem(url)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    command = args.token_command or os.environ.get(TOKEN_COMMAND_ENV, "")
+    token: TokenSource = (
+        token_command(command) if command else args.token or os.environ.get(TOKEN_ENV, "")
+    )
     if not token:
         print(
-            f"error: a token is required: --token or ${TOKEN_ENV} "
-            "(mint one with `socketio-service token --user NAME`)",
+            f"error: a token is required: --token, ${TOKEN_ENV}, --token-command or "
+            f"${TOKEN_COMMAND_ENV} (mint one with `socketio-service token --user NAME`)",
             file=sys.stderr,
         )
         return EXIT_USAGE

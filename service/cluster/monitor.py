@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from ..logs import redis_endpoint
 from ..metrics import Metrics
 from .manager import RedisManager
 from .sequencer import SWEEP_SECONDS
@@ -35,6 +36,7 @@ class RedisMonitor:
         self.metrics = metrics
         self.settings = settings
         self.up = False
+        self.checked = False
         self.latency_ms: float | None = None
         self.refreshers: list[Any] = []  # stores with an async refresh()
 
@@ -60,10 +62,14 @@ class RedisMonitor:
         self.latency_ms = latency
         self.manager.available = self.up
         self.metrics.redis_up.set(1 if self.up else 0)
-        if was_up != self.up:
+        first, self.checked = not self.checked, True
+        if first or was_up != self.up:  # a Redis down at start-up is reported too
+            where = redis_endpoint(self.settings.redis_url)  # never the password
             log.log(
                 logging.INFO if self.up else logging.WARNING,
-                "redis reachable" if self.up else "redis unreachable",
+                f"redis reachable at {where}"
+                if self.up
+                else f"redis unreachable at {where} (REDIS_URL), retrying",
                 extra={"event": "redis_up" if self.up else "redis_down"},
             )
         if self.up:

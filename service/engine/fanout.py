@@ -1,11 +1,11 @@
 """Local fan-out: hand one encoded packet to every local socket of a room.
 
 python-socketio's ``AsyncManager.emit`` creates one asyncio task per recipient; here a
-broadcast encodes its packet once and, for text packets, builds the websocket frame once:
-it is written straight to each websocket receiver's transport when nothing else is queued
-for that socket (:func:`service.engine.transport.direct_transport`), else appended to the socket's
-Engine.IO queue (long-polling, a busy writer, binary packets). Recipients are counted once
-per broadcast (no per-recipient metric call).
+broadcast encodes its packet once and hands it to each recipient with python-engineio's
+``send_packet``; with the fast websocket driver, a text packet's websocket frame is built
+once and written straight to each idle websocket receiver instead
+(:func:`service.engine.transport.write_direct`). Recipients
+are counted once per broadcast (no per-recipient metric call).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from socketio import packet
 
 from ..metrics import Metrics
 from ..protocol import MESSAGE_RECEIVED, PRIVATE_RECEIVED
-from .transport import direct_transport, text_frame
+from .transport import text_frame, write_direct
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,14 @@ class FanoutMixin:
             socket = sockets.get(eio_sid)
             if socket is None or socket.closed:
                 continue
-            transport = direct_transport(socket) if wire is not None else None
-            if transport is not None:
-                transport.write(wire)
-                sent += 1
+            sent += 1
+            if wire is not None and write_direct(socket, wire):
                 continue
             for frame in frames:
                 try:
-                    await socket.send(frame)
+                    await eio.send_packet(eio_sid, frame)
                 except Exception:  # a socket closing mid-broadcast must not stop the rest
                     log.debug("send to a closing socket failed", exc_info=True)
-            sent += 1
         self._observe(event, data, scope, sent)
         return sent
 
@@ -85,6 +82,8 @@ class FanoutMixin:
         if metrics is None or not sent:
             return
         metrics.messages_sent.labels(event=event).inc(sent)
+        if isinstance(data, tuple) and data:
+            data = data[0]  # the payload; a room message's recovery offset follows it
         if event in TIMED_EVENTS and isinstance(data, dict):
             created = data.get("timestamp")
             if isinstance(created, int | float):

@@ -12,17 +12,18 @@
   ``{"code": "overloaded"}`` above ``MAX_CONNECTIONS`` plus a small slack, and a session
   that has not connected to a namespace within ``CONNECT_TIMEOUT_SECONDS`` is closed
   (socket.io's ``connectTimeout``; python-socketio has none).
-* **Bounded send buffering**: each Engine.IO socket's outgoing queue (python-engineio's
-  ``create_queue`` hook) never blocks the sender and holds at most ``SEND_BUFFER_BYTES``;
-  a client that lets it overflow is disconnected and its TCP connection aborted, so one
-  slow consumer costs bounded memory and never delays a broadcast to the others.
-* **Stalled websockets**: a websocket whose Engine.IO socket is closed (ping timeout,
-  eviction) but whose writer is stuck on a peer that stopped reading is aborted: stock
-  python-engineio waits for that writer forever.
+* **Bounded send buffering**: each Engine.IO socket's outgoing queue (the engine's
+  ``create_queue``, :mod:`.queue`) never blocks the sender and holds at most
+  ``SEND_BUFFER_BYTES``; a client that lets it overflow is disconnected and its TCP
+  connection aborted, so one slow consumer costs bounded memory and never delays a
+  broadcast to the others.
+* **Stalled websockets**: a websocket whose Engine.IO socket is closed (python-engineio's
+  ping-timeout check, eviction) but whose TCP connection lingers (a writer stuck on a peer
+  that stopped reading) is aborted: stock python-engineio waits for that writer forever.
 * **Malformed Socket.IO packets**: the offending client is disconnected (as socket.io's
   reference server does on a parse error) and counted, instead of one ERROR traceback per
   frame in the logs; binary attachments (the protocol uses none) are bounded in number and
-  bytes, since python-socketio buffers up to 10^10 declared attachments without limit.
+  bytes by the engine's packet class (:mod:`.packet`).
 """
 
 from __future__ import annotations
@@ -31,48 +32,27 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import socketio
 from aiohttp import web
-from engineio import packet as eio_packet
-from prometheus_client import CollectorRegistry, Counter
 
 from ..config import Settings
+from ..metrics import Metrics
+from ..tokenbucket import TokenBuckets
+from .queue import BoundedSendQueue
+from .server import Server
 
 log = logging.getLogger(__name__)
 
-MAX_ATTACHMENTS = 10
-"""Binary attachments one Socket.IO packet may declare (the protocol itself sends none)."""
-PACKET_OVERHEAD_BYTES = 64
-"""What one queued packet costs at least, whatever its payload."""
 SESSION_SLACK = 100
 """Engine.IO sessions allowed above MAX_CONNECTIONS: handshakes in flight, refusals."""
 STALLED_GRACE_SECONDS = 2.0
 """How long a closed socket's TCP connection may linger before it is aborted."""
 MAX_TRACKED_ADDRESSES = 100_000
-"""Handshake buckets kept; beyond it the oldest are dropped (a full bucket costs nothing)."""
-
-
-class GuardMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.handshakes_refused = Counter(
-            "socketio_handshakes_refused_total",
-            "Engine.IO handshakes refused before a session was allocated",
-            ["reason"],
-            registry=registry,
-        )
-        self.clients_evicted = Counter(
-            "socketio_clients_evicted_total",
-            "Connections closed by the server's protections",
-            ["reason"],
-            registry=registry,
-        )
-        for reason in ("rate_limited", "overloaded"):
-            self.handshakes_refused.labels(reason=reason)
-        for reason in ("slow_consumer", "protocol_error", "connect_timeout", "stalled"):
-            self.clients_evicted.labels(reason=reason)
+"""Handshake buckets kept; beyond it the least recently used are dropped."""
 
 
 # -- client addresses and the handshake limit ---------------------------------------------------
@@ -113,42 +93,29 @@ def client_address(peer: str | None, forwarded: list[str], trusted: tuple[Any, .
     return str(address)
 
 
+def environ_client_address(environ: Mapping[str, Any], trusted: tuple[Any, ...]) -> str:
+    """:func:`client_address` of the request behind a python-socketio ``environ``.
+
+    python-engineio's aiohttp driver hard-codes ``REMOTE_ADDR`` to ``127.0.0.1``: the real
+    peer is only on the aiohttp request it keeps in the environ.
+    """
+    request = environ.get("aiohttp.request")
+    if request is None:
+        return "unknown"
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+
+
 def _loopback(key: str) -> bool:
     """A client on this host (tests, benchmarks, a sidecar without X-Forwarded-For)."""
     address = _ip(key)
     return address is not None and address.is_loopback
 
 
-class HandshakeLimiter:
+class HandshakeLimiter(TokenBuckets):
     """Token buckets per address: ``burst`` capacity refilled at ``rate`` per second."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.capacity = float(max(1, burst))
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str, now: float | None = None) -> float:
-        """0 when allowed, else the seconds until the next handshake is."""
-        now = time.monotonic() if now is None else now
-        tokens, updated = self._buckets.pop(key, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - updated) * self.rate)
-        if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
-            self._forget(now)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[key] = (tokens - 1, now)  # re-inserted last: dicts keep oldest first
-        return 0.0
-
-    def _forget(self, now: float) -> None:
-        full_after = self.capacity / self.rate
-        for key in [k for k, (_, t) in self._buckets.items() if now - t >= full_after]:
-            del self._buckets[key]
-        while len(self._buckets) >= MAX_TRACKED_ADDRESSES:
-            del self._buckets[next(iter(self._buckets))]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
+        super().__init__(capacity=burst, rate=rate, max_keys=MAX_TRACKED_ADDRESSES)
 
 
 def _refusal(status: int, code: str, message: str, retry_after: float = 0) -> web.Response:
@@ -156,8 +123,31 @@ def _refusal(status: int, code: str, message: str, retry_after: float = 0) -> we
     return web.json_response({"code": code, "message": message}, status=status, headers=headers)
 
 
+def names_live_session(sio: socketio.AsyncServer, query_string: str) -> bool:
+    """True when the request belongs to an open Engine.IO session, read the way
+    python-engineio reads it (``parse_qs`` drops empty values: ``sid=`` is a handshake).
+
+    Anything else (no ``sid``, an empty one, one naming no live session) goes through the
+    handshake limits: python-engineio either starts a session for it or refuses it.
+    """
+    values = urllib.parse.parse_qs(query_string).get("sid")
+    if not values:
+        return False
+    sock = sio.eio.sockets.get(values[0])
+    return sock is not None and not sock.closed
+
+
+def forget_closed(sio: socketio.AsyncServer) -> None:
+    """Drop closed sessions from python-engineio's table now: its service task reaches
+    them only every ``ping_timeout`` seconds, and until then they count toward the
+    session cap (so a flood's aftermath would refuse ordinary clients)."""
+    sockets = sio.eio.sockets
+    for eio_sid in [sid for sid, sock in sockets.items() if sock.closed]:
+        sockets.pop(eio_sid, None)
+
+
 def handshake_middleware(
-    sio: socketio.AsyncServer, settings: Settings, metrics: GuardMetrics, path: str
+    sio: socketio.AsyncServer, settings: Settings, metrics: Metrics, path: str
 ) -> Any:
     limiter = (
         HandshakeLimiter(settings.handshake_rate_per_address, settings.handshake_burst_per_address)
@@ -165,13 +155,13 @@ def handshake_middleware(
         else None
     )
     trusted = parse_networks(settings.trusted_proxies)
-    session_cap = settings.max_connections + SESSION_SLACK
+    session_cap = settings.max_connections + SESSION_SLACK  # Guard.session_cap
 
     @web.middleware
     async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not request.path.startswith(path) or "sid" in request.query:
+        if not request.path.startswith(path) or names_live_session(sio, request.query_string):
             return await handler(request)
         if request.method == "OPTIONS":
             return await handler(request)  # CORS preflight allocates nothing
@@ -192,84 +182,38 @@ def handshake_middleware(
     return guard
 
 
-# -- bounded send queues ------------------------------------------------------------------------
-
-
-def packet_cost(item: Any) -> int:
-    data = getattr(item, "data", None)
-    size = len(data) if isinstance(data, str | bytes | bytearray) else 0
-    return size + PACKET_OVERHEAD_BYTES
-
-
-class BoundedSendQueue(asyncio.Queue[Any]):
-    """An Engine.IO socket's outgoing queue that never blocks the sender.
-
-    ``put``/``put_nowait`` of a packet that would take the queued bytes past ``limit`` drop
-    it and call ``on_overflow(self)`` once; ``None`` (python-engineio's "stop the writer")
-    and the CLOSE packet always fit.
-    """
-
-    def __init__(self, limit: int, on_overflow: Callable[[BoundedSendQueue], None]) -> None:
-        super().__init__()
-        self.limit = limit
-        self.bytes = 0
-        self.overflowed = False
-        self._on_overflow = on_overflow
-
-    def put_nowait(self, item: Any) -> None:
-        exempt = item is None or getattr(item, "packet_type", None) == eio_packet.CLOSE
-        if not exempt:
-            if self.overflowed:
-                return
-            if self.bytes + packet_cost(item) > self.limit:
-                self.overflowed = True
-                self._on_overflow(self)
-                return
-        super().put_nowait(item)
-
-    def _put(self, item: Any) -> None:
-        self.bytes += packet_cost(item) if item is not None else 0
-        super()._put(item)  # type: ignore[misc]
-
-    def _get(self) -> Any:
-        item = super()._get()  # type: ignore[misc]
-        if item is not None:
-            self.bytes = max(0, self.bytes - packet_cost(item))
-        return item
-
-    def discard(self) -> None:
-        """Drop every queued packet (the client is being thrown out)."""
-        self._queue.clear()  # type: ignore[attr-defined]
-        self.bytes = 0
-        self._unfinished_tasks = 0  # type: ignore[attr-defined]
-        self._finished.set()  # type: ignore[attr-defined]
-
-
 # -- the guard itself ---------------------------------------------------------------------------
 
 
 class Guard:
-    def __init__(
-        self, sio: socketio.AsyncServer, settings: Settings, registry: CollectorRegistry
-    ) -> None:
+    def __init__(self, sio: Server, settings: Settings, metrics: Metrics) -> None:
         self.sio = sio
         self.settings = settings
-        self.metrics = GuardMetrics(registry)
-        self.websockets: dict[Any, Any] = {}  # Engine.IO socket -> its TCP transport
-        self._closed_since: dict[Any, float] = {}
+        self.metrics = metrics
+        self._closed_since: dict[str, float] = {}
         self._first_seen: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         eio = sio.eio
-        eio.create_queue = self._create_queue  # type: ignore[method-assign]
-        eio._async = {**eio._async, "websocket": self._tracking_driver(eio._async["websocket"])}
-        self._on_message = sio._handle_eio_message
-        self._attachment_bytes: dict[str, int] = {}
+        eio.send_buffer_bytes = settings.send_buffer_bytes
+        eio.on_overflow = self._overflow
+        # python-socketio's Engine.IO message handler, wrapped: a packet it cannot handle
+        # disconnects its client
+        self._on_message = eio.handlers["message"]
         eio.on("message", self._guarded_message)
+        # python-socketio's Engine.IO disconnect handler, wrapped: a closed session leaves
+        # python-engineio's table at once
+        self._on_disconnect = eio.handlers["disconnect"]
+        self.on_session_closed: list[Callable[[str], None]] = []
+        """Called with the id of every Engine.IO session that ended."""
+        eio.on("disconnect", self._disconnected)
+        self.metrics.engineio_sessions.set_function(lambda: len(eio.sockets))
+
+    @property
+    def websockets(self) -> dict[str, Any]:
+        """Engine.IO sid -> the TCP transport of the websocket serving it."""
+        return self.sio.eio.websockets
 
     # queues
-
-    def _create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
-        return BoundedSendQueue(self.settings.send_buffer_bytes, self._overflow)
 
     def _overflow(self, queue: BoundedSendQueue) -> None:
         for sock in list(self.sio.eio.sockets.values()):
@@ -299,57 +243,19 @@ class Guard:
         except Exception:
             log.debug("evict: close failed", exc_info=True)
         queue.put_nowait(None)  # end a pending long-poll or the websocket writer
-        tcp = self.websockets.get(sock)
+        tcp = self.sio.eio.websockets.get(sock.sid)
         if tcp is not None and not tcp.is_closing():
             tcp.abort()
-
-    # websockets
-
-    def _tracking_driver(self, base: type[Any]) -> type[Any]:
-        guard = self
-
-        class TrackedWebSocket(base):  # type: ignore[misc, valid-type]
-            async def __call__(self, environ: dict[str, Any]) -> Any:
-                sock = getattr(self.handler, "__self__", None)
-                request = environ.get("aiohttp.request")
-                if sock is not None and request is not None and request.transport is not None:
-                    guard.websockets[sock] = request.transport
-                try:
-                    return await super().__call__(environ)
-                finally:
-                    guard.websockets.pop(sock, None)
-                    guard._closed_since.pop(sock, None)
-
-        return TrackedWebSocket
 
     # incoming packets
 
     async def _guarded_message(self, eio_sid: str, data: Any) -> None:
-        sio = self.sio
-        if eio_sid in sio._binary_packet:
-            size = self._attachment_bytes.get(eio_sid, 0) + len(data or b"")
-            self._attachment_bytes[eio_sid] = size
-            if size > sio.eio.max_http_buffer_size:
-                await self._protocol_error(eio_sid)
-                return
-        else:
-            self._attachment_bytes.pop(eio_sid, None)
-            if isinstance(data, str) and data[:1] in ("5", "6"):
-                head = data[1:].split("-", 1)[0]
-                if head.isdigit() and int(head) > MAX_ATTACHMENTS:
-                    await self._protocol_error(eio_sid)
-                    return
         try:
             await self._on_message(eio_sid, data)
         except Exception:
             await self._protocol_error(eio_sid)
-        else:
-            if eio_sid not in sio._binary_packet:
-                self._attachment_bytes.pop(eio_sid, None)
 
     async def _protocol_error(self, eio_sid: str) -> None:
-        self.sio._binary_packet.pop(eio_sid, None)
-        self._attachment_bytes.pop(eio_sid, None)
         sock = self.sio.eio.sockets.get(eio_sid)
         if sock is not None:
             await self.evict(sock, "protocol_error")
@@ -365,31 +271,67 @@ class Guard:
         eio = self.sio.eio
         sockets = eio.sockets
         timeout = self.settings.connect_timeout_seconds
+        self.forget_closed()
         for eio_sid in [s for s in self._first_seen if s not in sockets]:
             del self._first_seen[eio_sid]
         for eio_sid, sock in list(sockets.items()):
             if eio_sid in self._first_seen:
                 if self._first_seen[eio_sid] < 0:
-                    continue  # connected to a namespace: nothing more to check
+                    if not self._namespace_connected(eio_sid):
+                        # it left every namespace (a `41`) and kept its transport open:
+                        # bounded from now on like a session that never connected
+                        self._first_seen[eio_sid] = now
+                    continue
                 if self._namespace_connected(eio_sid):
                     self._first_seen[eio_sid] = -1.0
                 elif now - self._first_seen[eio_sid] > timeout and not sock.closed:
                     await self.evict(sock, "connect_timeout")
             else:
                 self._first_seen[eio_sid] = -1.0 if self._namespace_connected(eio_sid) else now
-        # websockets whose engine socket is closed but whose TCP connection lingers, and
-        # those whose peer stopped answering pings while nothing is sent to them
-        wall = time.time()
-        for sock, tcp in list(self.websockets.items()):
-            if tcp.is_closing():
+        # websockets whose Engine.IO session is closed (python-engineio's ping-timeout
+        # check, an eviction) but whose TCP connection lingers
+        for eio_sid, tcp in list(eio.websockets.items()):
+            sock = sockets.get(eio_sid)
+            if tcp.is_closing() or (sock is not None and not sock.closed):
+                self._closed_since.pop(eio_sid, None)
                 continue
-            if sock.closed:
-                since = self._closed_since.setdefault(sock, now)
-                if now - since > STALLED_GRACE_SECONDS:
-                    self.metrics.clients_evicted.labels(reason="stalled").inc()
-                    tcp.abort()
-            elif sock.last_ping and wall - sock.last_ping > eio.ping_timeout + 1:
-                await self.evict(sock, "stalled")
+            since = self._closed_since.setdefault(eio_sid, now)
+            if now - since > STALLED_GRACE_SECONDS:
+                self.metrics.clients_evicted.labels(reason="stalled").inc()
+                tcp.abort()
+        for eio_sid in [s for s in self._closed_since if s not in eio.websockets]:
+            del self._closed_since[eio_sid]
+
+    def forget_closed(self) -> None:
+        forget_closed(self.sio)
+
+    async def _disconnected(self, eio_sid: str, reason: Any) -> None:
+        """python-socketio's Engine.IO disconnect handler, then the closed session is
+        dropped as soon as python-engineio marks it closed (right after this returns)."""
+        try:
+            await self._on_disconnect(eio_sid, reason)
+        finally:
+            asyncio.get_running_loop().call_soon(self._forget, eio_sid)
+
+    def _forget(self, eio_sid: str) -> None:
+        sock = self.sio.eio.sockets.get(eio_sid)
+        if sock is not None and sock.closed:
+            del self.sio.eio.sockets[eio_sid]
+        for hook in self.on_session_closed:
+            hook(eio_sid)
+
+    @property
+    def session_cap(self) -> int:
+        """Engine.IO sessions above which new handshakes are refused as ``overloaded``."""
+        return self.settings.max_connections + SESSION_SLACK
+
+    def at_capacity(self) -> bool:
+        return len(self.sio.eio.sockets) >= self.session_cap
+
+    async def not_ready_reason(self) -> str | None:
+        """A readiness check: an instance that refuses every handshake is not ready."""
+        self.forget_closed()
+        return "at_session_capacity" if self.at_capacity() else None
 
     async def run(self) -> None:
         interval = min(1.0, self.settings.connect_timeout_seconds / 4)
@@ -403,13 +345,13 @@ class Guard:
 
 def install_guard(
     app: web.Application,
-    sio: socketio.AsyncServer,
+    sio: Server,
     settings: Settings,
-    registry: CollectorRegistry,
+    metrics: Metrics,
     path: str = "/socket.io",
 ) -> Guard:
     """Install every protection on ``app``/``sio``; call once, after ``sio.attach(app)``."""
-    guard = Guard(sio, settings, registry)
+    guard = Guard(sio, settings, metrics)
     app.middlewares.append(handshake_middleware(sio, settings, guard.metrics, path))
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
@@ -422,9 +364,9 @@ def install_guard(
 
 
 __all__ = [
-    "BoundedSendQueue",
     "Guard",
     "HandshakeLimiter",
     "client_address",
+    "environ_client_address",
     "install_guard",
 ]

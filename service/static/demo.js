@@ -1,6 +1,9 @@
-// The dev demo: the official socket.io client against the service's protocol (DESIGN §3).
-// After a reconnect it rejoins with `since` = the last id it saw, merges `missed` with any
-// live message that raced the ack, and shows each message once, in id order.
+// The dev demo: the official socket.io client against the service's protocol (docs/protocol.md).
+// Reconnects are Socket.IO connection state recovery: when the transport drops (a network
+// cut, the "Drop" button, an instance draining), socket.io-client reconnects by itself and,
+// with `socket.recovered === true`, the server has put the socket back in its room and handed
+// over every message it missed (they arrive as ordinary `message:received` events before
+// `connect`). Only when recovery was not possible (away too long) does the page join again.
 // `window.demo` exposes the page's state so a test (or you, in the console) can watch it.
 (() => {
   "use strict";
@@ -13,8 +16,8 @@
     room: "",
     lastId: null,
     joinedOnce: false,
-    joining: false,
-    buffer: [],
+    away: false,
+    missedWhileAway: 0,
     seen: new Set(),
     messages: [],
     present: [],
@@ -127,39 +130,44 @@
     });
   }
 
+  function ready() {
+    $("#room-name").textContent = state.room;
+    setEnabled(true);
+    refreshPresence();
+  }
+
+  // a first join, or a new one when the server could not recover the session: the ack's
+  // history (minus what is on screen already) fills the gap as far as history reaches
   function join() {
-    const socket = state.socket;
-    const first = !state.joinedOnce;
-    state.joining = true;
-    state.buffer = [];
-    const payload = first ? { roomId: state.room } : { roomId: state.room, since: state.lastId || "0-0" };
-    socket.emit("join:room", payload, (ack) => {
-      state.joining = false;
-      const held = state.buffer;
-      state.buffer = [];
+    const again = state.joinedOnce;
+    state.socket.emit("join:room", { roomId: state.room }, (ack) => {
       if (!ack || !ack.ok) {
         const error = (ack && ack.error) || { code: "internal", message: "no ack" };
         state.errors.push(error);
         system("join refused: " + error.code + ": " + error.message);
         return;
       }
-      if (first) {
-        ack.history.forEach((m) => show(m, false));
-        held.sort(byId).forEach((m) => show(m, false));
-        state.joinedOnce = true;
-        system("joined " + state.room + " as " + state.user);
+      const fresh = ack.history.filter((m) => !state.seen.has(m.id));
+      fresh.forEach((m) => show(m, again));
+      if (again) {
+        state.recoveries.push({ missed: fresh.length, recovered: false });
+        system("reconnected as a new session: " + fresh.length + " message(s) from history");
       } else {
-        const fresh = (ack.missed || []).concat(held).sort(byId).filter((m) => !state.seen.has(m.id));
-        fresh.forEach((m) => show(m, true));
-        state.recoveries.push({ missed: fresh.length, recovered: ack.recovered !== false });
-        system("reconnected: recovered " + fresh.length + " message(s)" +
-          (ack.recovered === false ? " — older ones were no longer kept" : ""));
+        system("joined " + state.room + " as " + state.user);
       }
-      $("#room-name").textContent = state.room;
-      setEnabled(true);
-      refreshPresence();
+      state.joinedOnce = true;
+      ready();
     });
   }
+
+  function restore(delay) {
+    const manager = state.socket.io;
+    manager.reconnectionDelay(delay.min);
+    manager.reconnectionDelayMax(delay.max);
+    manager.randomizationFactor(delay.jitter);
+  }
+
+  const BACKOFF = { min: 500, max: 5000, jitter: 0.5 };
 
   function connect() {
     if (typeof io === "undefined") {
@@ -179,16 +187,26 @@
       transports,
       // called before every (re)connect: a fresh token each time
       auth: (cb) => fetchToken(state.user).then((token) => cb({ token }), () => cb({})),
-      reconnectionDelay: 500,
-      reconnectionDelayMax: 5000,
-      randomizationFactor: 0.5,
+      reconnectionDelay: BACKOFF.min,
+      reconnectionDelayMax: BACKOFF.max,
+      randomizationFactor: BACKOFF.jitter,
     });
     state.socket = socket;
     setStatus("connecting", "reconnecting");
 
     socket.on("connect", () => {
       setStatus("connected");
-      join();
+      restore(BACKOFF);
+      const missed = state.missedWhileAway;
+      state.away = false;
+      state.missedWhileAway = 0;
+      if (state.joinedOnce && socket.recovered) {
+        state.recoveries.push({ missed, recovered: true });
+        system("reconnected: recovered " + missed + " message(s)");
+        ready();
+      } else {
+        join();
+      }
     });
     socket.on("connect_error", (err) => {
       const data = err && err.data;
@@ -202,6 +220,7 @@
     });
     socket.on("disconnect", (reason) => {
       setEnabled(false);
+      state.away = true;
       state.typing = [];
       renderTyping();
       if (reason === "io client disconnect") {
@@ -210,10 +229,9 @@
       }
       setStatus("reconnecting (" + reason + ")", "reconnecting");
       if (reason === "io server disconnect") {
-        // socket.io does not reconnect after a server-side disconnect: after a drain we do
-        const delay = state.shutdownNotice ? 250 + Math.random() * 750 : 1000 + Math.random() * 2000;
-        state.shutdownNotice = false;
-        setTimeout(() => socket.connect(), delay);
+        // the server ended this session on purpose (e.g. the token expired): socket.io
+        // will not come back by itself, so start over with a fresh token
+        setTimeout(() => socket.connect(), 1000 + Math.random() * 2000);
       }
     });
     socket.on("server:shutdown", () => {
@@ -221,9 +239,10 @@
       system("the server is shutting down; reconnecting…");
     });
     socket.on("message:received", (message) => {
-      if (!message || message.roomId !== state.room) return;
-      if (state.joining) state.buffer.push(message);
-      else show(message, false);
+      if (!message || message.roomId !== state.room || state.seen.has(message.id)) return;
+      // recovered messages are handed over before `connect` fires again
+      if (state.away) state.missedWhileAway += 1;
+      show(message, state.away);
     });
     socket.on("user:joined", (event) => {
       if (event.roomId !== state.room) return;
@@ -294,9 +313,11 @@
     if (!socket) return;
     const ms = Number(params.get("drop_ms") || 3000);
     system("dropping the connection for " + ms / 1000 + " s…");
-    socket.disconnect();
+    // the transport drops under the client, as on a network cut; socket.io-client comes
+    // back by itself after its back-off, here stretched to `ms` for this one time
+    restore({ min: ms, max: ms, jitter: 0 });
+    socket.io.engine.close();
     setStatus("dropped", "reconnecting");
-    setTimeout(() => socket.connect(), ms);
   });
 
   if (typeof io === "undefined") {

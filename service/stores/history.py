@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
-from ..protocol import parse_id
+from .. import wirejson
+from ..protocol import format_id, id_after, id_before, parse_id
 from .link import REDIS_ERRORS, RedisLink
 
 Message = dict[str, Any]
@@ -227,7 +228,7 @@ class RedisHistory:
         acknowledged.
         """
         keys = self._keys(room_id)
-        body = json.dumps(message, separators=(",", ":"))
+        body = wirejson.dumps(message)
         args = [
             body,
             self._size,
@@ -289,9 +290,17 @@ class RedisHistory:
     ) -> list[Message]:
         """Kept messages with ``after < id < before`` (``before`` None: up to the newest)."""
         stream, _ = self._keys(room_id)
+        # inclusive bounds computed here: Redis refuses "(" past the ends of the id space
+        oldest = id_after(*parse_id(after))
+        newest = id_before(*parse_id(before)) if before is not None else None
+        if oldest is None or (before is not None and newest is None):
+            return []
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             entries = await self._redis.xrange(
-                stream, min=f"({after}", max=f"({before}" if before else "+", count=limit
+                stream,
+                min=format_id(*oldest),
+                max=format_id(*newest) if newest else "+",
+                count=limit,
             )
         return [_decode(entry) for entry in entries]
 
@@ -300,9 +309,13 @@ class RedisHistory:
             return []
         stream, _ = self._keys(room_id)
         self._check_available()
+        # an inclusive bound computed here: Redis refuses "(0-0" (nothing can precede it)
+        newest = id_before(*parse_id(before)) if before is not None else None
+        if before is not None and newest is None:
+            return []
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             entries = await self._redis.xrevrange(
-                stream, max=f"({before}" if before else "+", min="-", count=limit
+                stream, max=format_id(*newest) if newest else "+", min="-", count=limit
             )
         return [_decode(entry) for entry in reversed(entries)]
 
@@ -312,7 +325,14 @@ class RedisHistory:
         self._check_available()
         with self._metrics.redis_op("history_read"), _unavailable_on_error():
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xrange(stream, min=f"({last_id}", max="+", count=max(self._size, 1))
+                # inclusive, computed here: Redis refuses "(" before the largest id
+                oldest = id_after(*after)
+                pipe.xrange(
+                    stream,
+                    min=format_id(*oldest) if oldest else "+",
+                    max="+",
+                    count=max(self._size, 1) if oldest else 1,
+                )
                 pipe.get(dropped)
                 pipe.exists(stream)
                 entries, dropped_id, exists = await pipe.execute()

@@ -1,7 +1,7 @@
 """Clients through the sticky load balancer, spread over three instances sharing Redis.
 
 The official JS socket.io-client (node) and python-socketio's client, on websocket,
-long-polling and polling→websocket upgrade, run the whole protocol of DESIGN §3 with alice,
+long-polling and polling→websocket upgrade, run the whole protocol (docs/protocol.md) with alice,
 bob and carol on three different instances. A client that drops the affinity cookie loses
 its long-polling session: the negative control that shows the stickiness is what makes
 long-polling work.
@@ -47,7 +47,7 @@ def check_spread(topology: Topology, cookies: dict[str, str | None], mode: str) 
 
 
 def check_report(r: dict[str, Any], room: str, mode: str) -> None:
-    """Every event of DESIGN §3, each crossing instances (alice, bob, carol on three pods)."""
+    """Every event of docs/protocol.md#events, each crossing instances (alice, bob, carol on three pods)."""
     assert r["join"] == {"ok": True, "roomId": room, "history": []}
     assert r["joinedEvent"] == room
     assert r["userJoined"]["userId"] == "bob" and r["userJoined"]["roomId"] == room

@@ -22,6 +22,7 @@ from k8s_bundle import (
     pod_specs,
     render,
     validate_strict,
+    values_for,
 )
 
 pytestmark = pytest.mark.k8s
@@ -149,7 +150,7 @@ def test_defaults_render_the_documented_objects() -> None:
 def test_full_value_set_renders_every_optional_object() -> None:
     docs = objects_for("full")
     for kind in ("ServiceMonitor", "PrometheusRule", "HTTPRoute", "Ingress"):
-        one(docs, kind)
+        one(docs, kind, FULLNAME)
     hpa = one(docs, "HorizontalPodAutoscaler")
     pods_metric = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert pods_metric[0]["pods"]["metric"]["name"] == "socketio_connected_clients"
@@ -249,17 +250,14 @@ def test_env_wiring(objects: list[dict[str, Any]], value_set: str) -> None:
         assert env["REDIS_URL"] == {"secretKeyRef": {"name": "chat-redis-url", "key": "url"}}
         assert env["JWT_SECRET"] == {"secretKeyRef": {"name": "chat-jwt", "key": "hs256-key"}}
         assert "REDIS_PASSWORD" not in env
+        return
+    # The password is its own variable: nothing to URL-encode, nothing spliced in.
+    assert env["REDIS_PASSWORD"]["secretKeyRef"]["name"] == REDIS
+    if value_set == "replication":
+        assert env["REDIS_URL"].startswith(f"redis+sentinel://{REDIS}-0.{REDIS}:26379,")
+        assert env["REDIS_WAIT_REPLICAS"] == "1"
     else:
-        assert env["REDIS_URL"] == f"redis://:$(REDIS_PASSWORD)@{REDIS}:6379/0"
-        assert env["REDIS_PASSWORD"]["secretKeyRef"]["name"] == REDIS
-        # $(VAR) expansion only sees variables defined earlier in the list.
-        names = [
-            e["name"]
-            for e in container(one(objects, "Deployment")["spec"]["template"]["spec"], "server")[
-                "env"
-            ]
-        ]
-        assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
+        assert env["REDIS_URL"] == f"redis://{REDIS}:6379/0"
 
 
 def test_env_names_are_known_to_the_service(objects: list[dict[str, Any]]) -> None:
@@ -272,7 +270,8 @@ def test_env_names_are_known_to_the_service(objects: list[dict[str, Any]]) -> No
         if os.environ.get("CI"):
             raise
         pytest.skip(f"service.config not importable: {exc}")
-    helpers = {"REDIS_PASSWORD"}  # only used for $(REDIS_PASSWORD) expansion in REDIS_URL
+    # Contract variables whose service side lands in another change.
+    helpers = {"REDIS_PASSWORD", "REDIS_WAIT_REPLICAS", "REDIS_OUTAGE_BUFFER_SECONDS"}
     unknown = set(app_env(objects)) - set(VARIABLES) - helpers
     assert not unknown
 
@@ -354,6 +353,9 @@ def test_hpa_targets_the_deployment(objects: list[dict[str, Any]], value_set: st
         assert not hpas
         assert deployment["spec"]["replicas"] == 3
         return
+    if value_set == "keda":  # KEDA owns the HPA (tests/k8s/test_chart_edge.py)
+        assert not hpas and "replicas" not in deployment["spec"]
+        return
     hpa = hpas[0]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -369,7 +371,7 @@ def test_hpa_targets_the_deployment(objects: list[dict[str, Any]], value_set: st
 
 
 def test_pdb_selects_the_pods(objects: list[dict[str, Any]]) -> None:
-    pdb = one(objects, "PodDisruptionBudget")
+    pdb = one(objects, "PodDisruptionBudget", FULLNAME)
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
 
@@ -385,12 +387,22 @@ def test_redis_network_policy(objects: list[dict[str, Any]], value_set: str) -> 
     assert matches(policy["spec"]["podSelector"]["matchLabels"], redis_labels)
     assert not matches(policy["spec"]["podSelector"]["matchLabels"], app_labels)
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    [rule] = policy["spec"]["ingress"]
+    rule, *others = policy["spec"]["ingress"]
+    values = values_for(value_set)
+    if (values.get("redis") or {}).get("architecture") == "replication":
+        # Redis pods replicate and run Sentinels among themselves.
+        peers = others.pop(0)
+        assert peers["from"] == [{"podSelector": {"matchLabels": redis_labels}}]
+    if ((values.get("metrics") or {}).get("serviceMonitor") or {}).get("enabled"):
+        # Monitoring on: the exporter port, and only that, is open to Prometheus.
+        assert others.pop(0) == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+    assert not others
     [peer] = rule["from"]
     assert set(peer) == {"podSelector"}, "no namespace or IP peers"
     assert matches(peer["podSelector"]["matchLabels"], app_labels)
     assert not matches(peer["podSelector"]["matchLabels"], redis_labels)
-    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    sentinel = [{"port": "sentinel", "protocol": "TCP"}] if value_set == "replication" else []
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}, *sentinel]
 
 
 def test_redis_statefulset(objects: list[dict[str, Any]], value_set: str) -> None:
@@ -402,14 +414,14 @@ def test_redis_statefulset(objects: list[dict[str, Any]], value_set: str) -> Non
     spec = sts["spec"]["template"]["spec"]
     redis = container(spec, "redis")
     assert redis["livenessProbe"] and redis["readinessProbe"]
-    assert "redis-cli" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert redis["readinessProbe"]["exec"]["command"][-2:] == ["ready", "redis"]
     assert not redis["image"].endswith(":latest") and ":" in redis["image"]
     conf = one(objects, "ConfigMap", REDIS)["data"]["redis.conf"]
     assert "appendonly yes" in conf
     assert "requirepass" not in conf, "the password must not sit in a ConfigMap"
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
-    assert env["REDIS_PASSWORD"]["name"] == REDIS
-    assert "$REDIS_PASSWORD" in " ".join(redis["command"])
+    assert "PASSWORD" not in " ".join(redis["command"]), "the password is in a file, not in ps"
+    [secret] = [v["secret"] for v in spec["volumes"] if "secret" in v]
+    assert secret["secretName"] == REDIS
     mounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
     assert mounts["data"] == "/data"
     [claim] = sts["spec"]["volumeClaimTemplates"]
@@ -417,6 +429,8 @@ def test_redis_statefulset(objects: list[dict[str, Any]], value_set: str) -> Non
     if value_set == "full":
         assert claim["spec"]["storageClassName"] == "fast-ssd"
         assert "maxmemory 200mb" in conf
+    else:
+        assert "maxmemory 201326592" in conf  # 75 % of the 256Mi limit
 
 
 # ---- ingress, sticky sessions, routes ----
@@ -434,8 +448,8 @@ def test_nginx_ingress_sticky_and_socketio_only(value_set: str, objects: list[di
     assert all(p["backend"]["service"]["name"] == FULLNAME for p in paths)
     assert "/metrics" not in json.dumps(ingress)
     annotations = ingress["metadata"].get("annotations", {})
-    if value_set == "traefik":
-        assert ingress["spec"]["ingressClassName"] == "traefik"
+    if value_set in {"traefik", "haproxy"}:
+        assert ingress["spec"]["ingressClassName"] == value_set
         assert not any(k.startswith("nginx.") for k in annotations)
         return
     assert ingress["spec"]["ingressClassName"] == "nginx"
@@ -480,8 +494,13 @@ def test_gateway_httproute() -> None:
     [rule] = route["spec"]["rules"]
     assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/socket.io"}}]
     assert rule["backendRefs"] == [{"name": FULLNAME, "port": 3000}]
-    assert rule["sessionPersistence"] == {"sessionName": "SIOSTICKY", "type": "Cookie"}
-    assert rule["timeouts"] == {"request": "3600s"}
+    assert rule["sessionPersistence"] == {
+        "sessionName": "SIOSTICKY",
+        "type": "Cookie",
+        "absoluteTimeout": "48h",
+        "cookieConfig": {"lifetimeType": "Permanent"},
+    }
+    assert rule["timeouts"] == {"request": "1h"}
 
 
 # ---- monitoring objects ----
@@ -489,7 +508,7 @@ def test_gateway_httproute() -> None:
 
 def test_service_monitor_scrapes_the_service() -> None:
     docs = objects_for("full")
-    monitor = one(docs, "ServiceMonitor")
+    monitor = one(docs, "ServiceMonitor", FULLNAME)
     service = one(docs, "Service", FULLNAME)
     assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert not matches(
@@ -507,8 +526,8 @@ def test_dashboard_configmap() -> None:
     cm = one(docs, "ConfigMap", f"{FULLNAME}-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Realtime"}
-    dashboard = json.loads(cm["data"]["socketio-service.json"])
-    assert dashboard["uid"] == "socketio-service"
+    dashboard = json.loads(cm["data"][f"{FULLNAME}.json"])
+    assert dashboard["uid"] == "realtime-chat"
     forced = parse(render({"dashboard": {"labels": {"grafana_dashboard": "0", "team": "chat"}}}))
     labels = one(forced, "ConfigMap", f"{FULLNAME}-dashboard")["metadata"]["labels"]
     assert labels["grafana_dashboard"] == "1" and labels["team"] == "chat"
@@ -581,7 +600,7 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         {"config": {"maxConnections": "many"}},
         {"autoscaling": {"connections": {"enable": True}}},
         {"ingress": {"proxyTimeoutSeconds": 60}},
-        {"ingress": {"controller": "haproxy"}},
+        {"ingress": {"controller": "envoy"}},
         {"image": {"tag": "latest"}},
         {"stickySessions": {"enabled": "yes"}},
         {"redis": {"persistence": {"size": "lots"}}},
@@ -596,13 +615,21 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
         render(values)
 
 
+RESOURCE_MAPS = {
+    "resources",
+    "redis.resources",
+    "redis.sentinel.resources",
+    "redis.exporter.resources",
+}
+
+
 def test_every_value_is_documented_by_a_comment_starting_with_its_name() -> None:
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
     comments = set(re.findall(r"^\s*# ([A-Za-z0-9.]+) ", text, re.MULTILINE))
 
     def leaves(node: Any, path: str) -> list[str]:
-        if isinstance(node, dict) and node and path not in {"resources", "redis.resources"}:
+        if isinstance(node, dict) and node and path not in RESOURCE_MAPS:
             return [leaf for k, v in node.items() for leaf in leaves(v, f"{path}.{k}".lstrip("."))]
         return [path]
 

@@ -75,7 +75,8 @@ def test_overlays_build_and_validate_strictly(kustomized: list[dict[str, Any]]) 
 
 
 def test_helm_and_kustomize_agree(kustomized: list[dict[str, Any]], overlay: str) -> None:
-    helm = essentials(objects_for("default"))
+    # prod runs Redis with Sentinel replication, like the chart's replication value set.
+    helm = essentials(objects_for("replication" if overlay == "prod" else "default"))
     kust = essentials(kustomized)
     if overlay == "prod":
         # The public overlay marks the cookie Secure (TLS); everything else is identical.
@@ -152,7 +153,7 @@ def test_wiring(kustomized: list[dict[str, Any]], overlay: str) -> None:
         assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
         assert "replicas" not in deployment["spec"]
         assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
-        monitor = one(kustomized, "ServiceMonitor")
+        monitor = one(kustomized, "ServiceMonitor", "socketio-service")
         assert all(
             service["metadata"]["labels"].get(k) == v
             for k, v in monitor["spec"]["selector"]["matchLabels"].items()
