@@ -139,17 +139,21 @@ async def join_members(topology: FailoverTopology, room: str, stack: Any) -> lis
         if per_pod[pod] >= PER_POD:
             continue  # this pod has enough: leave the client idle
         member = Member(user, pod, sio)
-
-        def on_message(message: dict[str, Any], member: Member = member) -> None:
-            if message.get("roomId") == room:
-                member.received.append((message["id"], time.monotonic()))
-
-        sio.on("message:received", on_message)
+        sio.on("message:received", _recorder(member, room))
         ack = await sio.call("join:room", room, timeout=10)
         assert ack["ok"], ack
         per_pod[pod] += 1
         members.append(member)
     return members
+
+
+def _recorder(member: Member, room: str) -> Callable[..., None]:
+    def on_message(message: dict[str, Any], *offset: Any) -> None:
+        """(With connection state recovery on, the message id follows as the offset.)"""
+        if message.get("roomId") == room:
+            member.received.append((message["id"], time.monotonic()))
+
+    return on_message
 
 
 async def _close(sio: socketio.AsyncClient) -> None:
