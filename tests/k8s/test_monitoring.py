@@ -30,6 +30,10 @@ COUNTERS = {
     "socketio_messages_sent_total",
     "socketio_event_errors_total",
     "socketio_messages_stored_total",
+    "socketio_handshakes_refused_total",
+    "socketio_clients_evicted_total",
+    "socketio_http_header_timeouts_total",
+    "socketio_connection_recoveries_total",
 }
 GAUGES = {
     "socketio_connected_clients",
@@ -39,6 +43,8 @@ GAUGES = {
     "socketio_build_info",
     "socketio_pubsub_deaf",
     "socketio_max_connections",
+    "socketio_engineio_sessions",
+    "socketio_at_capacity",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -48,6 +54,7 @@ HISTOGRAMS = {
     "socketio_delivery_latency_seconds",
     "socketio_redis_command_duration_seconds",
     "socketio_event_loop_lag_seconds",
+    "socketio_room_auth_duration_seconds",
 }
 EXPORTED = COUNTERS | GAUGES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
 # redis_exporter (oliver006/redis_exporter, the chart's pinned sidecar): the series the Redis

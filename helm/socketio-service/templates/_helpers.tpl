@@ -183,6 +183,7 @@ scaleDown:
     - type: Pods
       value: {{ .Values.autoscaling.scaleDownPodsPerMinute }}
       periodSeconds: 60
+{{- end -}}
 
 {{- /* ======================================================================================
      Redis (Valkey): architecture, memory cap, generated secrets and their checksum.
