@@ -173,6 +173,9 @@ async def test_two_instances_share_everything_through_the_cluster(redis_cluster,
 
         history = await bob.call("history:get", {"roomId": "x"})
         assert [m["id"] for m in history["messages"]] == [ack["id"]]
+        # the sequencer's gap check reads many rooms' streams in one pipeline, across shards
+        rooms = ["x", *(f"empty-{n}" for n in range(8))]
+        assert await a.app[keys.STORES].history.latest(rooms) == {"x": ack["id"]}
         missed = await bob.call("join:room", {"roomId": "x", "since": "0-0"})
         assert [m["id"] for m in missed.get("missed", [])] == [ack["id"]]
         assert (await alice.call("presence:get", "x"))["users"] == ["alice", "bob"]
@@ -257,3 +260,23 @@ async def test_instance_is_ready_and_hears_its_heartbeat(redis_cluster):
         await until(lambda: ready(a))
         await asyncio.sleep(0.5)
         assert await ready(a)  # not deaf: classic PUBLISH reaches the classic subscriber
+
+
+async def test_a_gap_is_filled_from_the_shard_that_owns_the_room(redis_cluster, clients):
+    """Stored without a publish (as while a subscriber reconnects): the next message names
+    it, and both instances deliver it first, from the stream on the room's shard."""
+    async with instances(redis_cluster.url) as (a, b):
+        await until(lambda: ready(a))
+        await until(lambda: ready(b))
+        alice, bob = await connect(a.url, "alice"), await connect(b.url, "bob")
+        clients += [alice, bob]
+        for client in (alice, bob):
+            await client.call("join:room", "sharded-gap")
+        message = {"roomId": "sharded-gap", "userId": "x", "message": "lost", "timestamp": 1}
+        lost = await a.app[keys.STORES].history.post("sharded-gap", message, nonce="n1")
+        after = await alice.call("message:send", {"roomId": "sharded-gap", "message": "next"})
+        for client in (alice, bob):
+            await client.wait_for("message:received", lambda m: m["id"] == after["id"])
+            await asyncio.sleep(0.2)
+            got = [m["id"] for m in client.events["message:received"]]
+            assert got == [lost.message["id"], after["id"]]
