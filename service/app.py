@@ -14,7 +14,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from . import engine, keys, wirejson
 from .admin import enable_admin_ui
 from .chat import ChatNamespace, Gate
-from .cluster import RedisMonitor
+from .cluster import Outbox, RedisMonitor, Sequencer
+from .cluster.sequencer import deliver_to_room
 from .config import Settings
 from .demo import setup_demo_routes
 from .engine.recovery import install_connect_pid
@@ -22,6 +23,7 @@ from .health import setup_health_routes
 from .lifecycle import close_transports, monitor_event_loop
 from .metrics import Metrics
 from .stores import Backend, Stores, build_backend
+from .stores.history import RedisHistory
 
 FRAME_OVERHEAD_BYTES = 16 * 1024
 """Room for JSON framing around the largest allowed message in one Engine.IO packet."""
@@ -64,6 +66,9 @@ def create_app(
     sio.register_namespace(namespace)
     if settings.connection_state_recovery_seconds > 0:
         install_connect_pid(sio, namespace.namespace, namespace.pid_for)
+    if backend.cluster is not None and isinstance(stores.history, RedisHistory):
+        backend.cluster.sequencer = Sequencer(stores.history, deliver_to_room(namespace.emit))
+        namespace.poster = Outbox(stores.history, backend.cluster, settings)
     sio.attach(app)
     installed = engine.install(app, sio, settings, metrics)
     guard = installed.guard
@@ -125,6 +130,9 @@ def _cluster_runner(
         app[keys.REDIS_PING] = monitor.ping
         yield
         task.cancel()
+        poster = app[keys.NAMESPACE].poster
+        if isinstance(poster, Outbox):
+            await poster.close()
         await manager.close()
 
     return run_cluster

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import socketio
 
@@ -59,6 +59,13 @@ class Session:
     """Its recovery session was saved while it was still connected (a drain began)."""
 
 
+class MessagePoster(Protocol):
+    """Cluster mode's ``message:send``: store, publish and deliver in one step
+    (:class:`service.cluster.outbox.Outbox`); raises ``HistoryUnavailable`` to fall back."""
+
+    async def post(self, room_id: str, message: dict[str, Any]) -> Ack: ...
+
+
 @dataclass
 class Gate:
     """Whether new handshakes are welcome; the lifecycle flips ``draining``."""
@@ -85,6 +92,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.gate = gate
         self.verifier = TokenVerifier(settings)
+        self.poster: MessagePoster | None = None  # set in cluster mode
         self.expiry = ExpiryTimers(
             settings.jwt_leeway_seconds,
             lambda sid: self.emit(p.AUTH_EXPIRED, EXPIRED_PAYLOAD, to=sid),
@@ -329,6 +337,10 @@ class ChatNamespace(socketio.AsyncNamespace):
             "timestamp": now_ms(),
         }
         try:
+            if self.poster is not None:
+                ack = await self.poster.post(request.room_id, message)
+                self.metrics.messages_stored.inc()
+                return ack
             stored = await self.stores.history.append(request.room_id, message)
         except HistoryUnavailable:
             # Redis is down: keep local members talking, and say the message is not kept

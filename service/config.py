@@ -165,7 +165,7 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = 3000
-    redis_url: str = ""
+    redis_url: str = field(default="", repr=False)  # may carry a password
     jwt_secret: str = field(default="", repr=False)
     jwt_public_key: str = field(default="", repr=False)
     jwt_algorithms: tuple[str, ...] = ()
@@ -196,6 +196,9 @@ class Settings:
     redis_cluster: bool = False
     presence_ttl_seconds: float = 30.0
     pubsub_heartbeat_seconds: float = 1.0
+    redis_password: str = field(default="", repr=False)
+    redis_outage_buffer_seconds: float = 5.0
+    redis_wait_replicas: int = 0
     log_level: str = "info"
     log_format: str = "json"
     instance_id: str = ""
@@ -326,6 +329,9 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_CLUSTER": ("redis_cluster", _bool),
     "PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", _float(1, 3600)),
     "PUBSUB_HEARTBEAT_SECONDS": ("pubsub_heartbeat_seconds", _float(0.05, 60)),
+    "REDIS_PASSWORD": ("redis_password", str.strip),
+    "REDIS_OUTAGE_BUFFER_SECONDS": ("redis_outage_buffer_seconds", _float(0, 60)),
+    "REDIS_WAIT_REPLICAS": ("redis_wait_replicas", _int(0, 16)),
     "LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", _choice("json", "text")),
     "INSTANCE_ID": ("instance_id", str.strip),

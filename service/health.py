@@ -48,6 +48,8 @@ def rss_bytes() -> int:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Detail for humans and dashboards; ``degraded`` also when Redis does not answer (which
+    is not a readiness failure: see service/cluster/monitor.py)."""
     app = request.app
     reasons = await not_ready_reasons(app)
     redis_ping = app.get(keys.REDIS_PING)
@@ -59,6 +61,8 @@ async def health(request: web.Request) -> web.Response:
     if redis_ping is not None:
         latency = await redis_ping()
         redis.update(connected=latency is not None, latency=latency)
+        if latency is None:
+            reasons.append("redis_unreachable")
     body = {
         "status": "ok" if not reasons else "degraded",
         "reasons": reasons,

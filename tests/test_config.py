@@ -123,6 +123,26 @@ def test_secrets_stay_out_of_repr():
     assert "s" * 32 not in repr(settings) and "hunter2" not in repr(settings)
 
 
+def test_redis_resilience_settings():
+    settings = Settings.from_env(SECRET)
+    assert settings.redis_outage_buffer_seconds == 5 and settings.redis_wait_replicas == 0
+    tuned = Settings.from_env(
+        {
+            **SECRET,
+            "REDIS_URL": "redis://:in-url@redis:6379/0",
+            "REDIS_PASSWORD": "p/w@d#1",
+            "REDIS_OUTAGE_BUFFER_SECONDS": "2.5",
+            "REDIS_WAIT_REPLICAS": "1",
+        }
+    )
+    assert tuned.redis_password == "p/w@d#1" and tuned.redis_wait_replicas == 1
+    assert tuned.redis_outage_buffer_seconds == 2.5
+    assert "p/w@d" not in repr(tuned) and "in-url" not in repr(tuned)
+    for name, bad in (("REDIS_WAIT_REPLICAS", "-1"), ("REDIS_OUTAGE_BUFFER_SECONDS", "soon")):
+        with pytest.raises(ConfigError, match=f"^{name}: "):
+            Settings.from_env({**SECRET, name: bad})
+
+
 def test_admin_password_must_be_long_and_admin_networks_valid():
     with pytest.raises(ConfigError, match="ADMIN_PASSWORD: must be at least 16 characters"):
         Settings.from_env({**SECRET, "ADMIN_UI": "1", "ADMIN_PASSWORD": "x" * 15})

@@ -144,6 +144,8 @@ def test_multi_key_operations_stay_in_one_slot(room: str) -> None:
     stream = f"sio:history:{{{room}}}"
     assert key_slot(stream.encode()) == key_slot(f"{stream}:dropped".encode())
     assert key_slot(stream.encode()) == key_slot(f"sio:presence:{{{room}}}".encode())
+    # the store+publish script publishes on the room's channel: the same slot again
+    assert key_slot(stream.encode()) == key_slot(f"sio:socketio#room:{{{room}}}".encode())
 
 
 async def test_two_instances_share_everything_through_the_cluster(redis_cluster, clients):
@@ -171,6 +173,9 @@ async def test_two_instances_share_everything_through_the_cluster(redis_cluster,
 
         history = await bob.call("history:get", {"roomId": "x"})
         assert [m["id"] for m in history["messages"]] == [ack["id"]]
+        # the sequencer's gap check reads many rooms' streams in one pipeline, across shards
+        rooms = ["x", *(f"empty-{n}" for n in range(8))]
+        assert await a.app[keys.STORES].history.latest(rooms) == {"x": ack["id"]}
         missed = await bob.call("join:room", {"roomId": "x", "since": "0-0"})
         assert [m["id"] for m in missed.get("missed", [])] == [ack["id"]]
         assert (await alice.call("presence:get", "x"))["users"] == ["alice", "bob"]
@@ -190,6 +195,10 @@ async def test_two_instances_share_everything_through_the_cluster(redis_cluster,
         assert refused["ok"] is False and refused["error"]["code"] == "rate_limited"
 
 
+def chan(room: str) -> str:
+    return f"sio:socketio#room:{{{room}}}"
+
+
 async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
     async with instances(redis_cluster.url, count=1) as (a,):
         await until(lambda: ready(a))
@@ -200,16 +209,17 @@ async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
         rooms = [f"shard-{i}" for i in range(12)]
         for room in rooms:
             await alice.call("join:room", room)
-        prefix = "sio:socketio#room:"
         owners = set()
         cluster = aioredis.RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""))
         await cluster.initialize()
         try:
-            owner_of = {prefix + r: cluster.get_node_from_key(prefix + r).port for r in rooms}
+            owner_of = {chan(r): cluster.get_node_from_key(chan(r)).port for r in rooms}
         finally:
             await cluster.aclose()
         for room in rooms:
-            channel = prefix + room
+            channel = chan(room)
+            # the room's channel and its history stream share one slot (one script does both)
+            assert key_slot(channel.encode()) == key_slot(f"sio:history:{{{room}}}".encode())
             owner = owner_of[channel]
             owners.add(owner)
 
@@ -230,7 +240,7 @@ async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
                 '"namespace":"/","room":"room:shard-0","skip_sid":null,"callback":null,'
                 '"host_id":"elsewhere"}'
             )
-            assert await cluster.spublish(prefix + "shard-0", payload) == 1
+            assert await cluster.spublish(chan("shard-0"), payload) == 1
         finally:
             await cluster.aclose()
         got = await alice.wait_for("message:received")
@@ -239,7 +249,7 @@ async def test_room_channel_lives_on_its_shard(redis_cluster, clients):
         await alice.call("leave:room", "shard-0")
 
         async def unsubscribed() -> bool:
-            counts = await shard_subscribers(redis_cluster, prefix + "shard-0")
+            counts = await shard_subscribers(redis_cluster, chan("shard-0"))
             return sum(counts.values()) == 0
 
         await until(unsubscribed)
@@ -250,3 +260,23 @@ async def test_instance_is_ready_and_hears_its_heartbeat(redis_cluster):
         await until(lambda: ready(a))
         await asyncio.sleep(0.5)
         assert await ready(a)  # not deaf: classic PUBLISH reaches the classic subscriber
+
+
+async def test_a_gap_is_filled_from_the_shard_that_owns_the_room(redis_cluster, clients):
+    """Stored without a publish (as while a subscriber reconnects): the next message names
+    it, and both instances deliver it first, from the stream on the room's shard."""
+    async with instances(redis_cluster.url) as (a, b):
+        await until(lambda: ready(a))
+        await until(lambda: ready(b))
+        alice, bob = await connect(a.url, "alice"), await connect(b.url, "bob")
+        clients += [alice, bob]
+        for client in (alice, bob):
+            await client.call("join:room", "sharded-gap")
+        message = {"roomId": "sharded-gap", "userId": "x", "message": "lost", "timestamp": 1}
+        lost = await a.app[keys.STORES].history.post("sharded-gap", message, nonce="n1")
+        after = await alice.call("message:send", {"roomId": "sharded-gap", "message": "next"})
+        for client in (alice, bob):
+            await client.wait_for("message:received", lambda m: m["id"] == after["id"])
+            await asyncio.sleep(0.2)
+            got = [m["id"] for m in client.events["message:received"]]
+            assert got == [lost.message["id"], after["id"]]

@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .helpers import connect, free_port, running_server, tool_cannot
+from .helpers import connect, free_port, running_server, spawn_service, tool_cannot
 from .redis_server import RedisServer, server_binary
 from .test_cluster import readyz
 
@@ -43,12 +44,17 @@ def process(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(10)
 
 
-async def assert_two_instances_talk(url: str, clients: list) -> None:
-    async with running_server(redis_url=url) as a, running_server(redis_url=url) as b:
+async def assert_two_instances_talk(url: str, clients: list, **overrides: object) -> None:
+    async with (
+        running_server(redis_url=url, **overrides) as a,
+        running_server(redis_url=url, **overrides) as b,
+    ):
         for srv in (a, b):
             deadline = time.monotonic() + 5
-            while (await readyz(srv.url))[0] != 200:
-                assert time.monotonic() < deadline, await readyz(srv.url)
+            while (await readyz(srv.url))[0] != 200 or not (await health(srv.url))[1]["redis"][
+                "connected"
+            ]:
+                assert time.monotonic() < deadline, await health(srv.url)
                 await asyncio.sleep(0.05)
         alice = await connect(a.url, "alice")
         bob = await connect(b.url, "bob")
@@ -66,10 +72,61 @@ async def test_password_protected_redis(tmp_path, clients):
     try:
         await assert_two_instances_talk(f"redis://:s3cret-pass@127.0.0.1:{server.port}/0", clients)
         async with running_server(redis_url=f"redis://:wrong@127.0.0.1:{server.port}/0") as srv:
-            status, body = await readyz(srv.url)
-            assert status == 503 and "redis_unreachable" in body["reasons"]
+            _, detail = await health(srv.url)
+            assert detail["redis"]["connected"] is False
+            assert "redis_unreachable" in detail["reasons"]
     finally:
         server.stop()
+
+
+async def health(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as resp:
+        return resp.status, await resp.json()
+
+
+AWKWARD_PASSWORD = "p/w@d#1:%2F?x"
+"""Every character that breaks a password spliced into a URL."""
+
+
+async def test_redis_password_overrides_the_url_and_needs_no_encoding(tmp_path, clients):
+    server = RedisServer(tmp_path, None, "--requirepass", AWKWARD_PASSWORD).start()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        await assert_two_instances_talk(url, clients, redis_password=AWKWARD_PASSWORD)
+        wrong_in_url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        await assert_two_instances_talk(wrong_in_url, clients, redis_password=AWKWARD_PASSWORD)
+    finally:
+        server.stop()
+
+
+async def test_redis_password_is_never_logged(tmp_path, clients):
+    server = RedisServer(tmp_path, None, "--requirepass", AWKWARD_PASSWORD).start()
+    proc = spawn_service(
+        env={
+            "REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
+            "REDIS_PASSWORD": AWKWARD_PASSWORD,
+            "REDIS_OUTAGE_BUFFER_SECONDS": "1",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while not (await health(proc.url))[1]["redis"]["connected"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        alice = await connect(proc.url, "alice")
+        clients.append(alice)
+        await alice.call("join:room", "r")
+        assert "stored" not in await alice.call("message:send", {"roomId": "r", "message": "a"})
+        server.kill()  # errors get logged: connection lost, store failed, unreachable
+        ack = await alice.call("message:send", {"roomId": "r", "message": "b"}, timeout=10)
+        assert ack["stored"] is False
+    finally:
+        proc.stop()
+        server.stop()
+    output = proc.output()
+    assert "redis unreachable" in output and "store failed" in output
+    assert AWKWARD_PASSWORD not in output and "p/w@d" not in output
 
 
 def _tls_files(directory: Path) -> tuple[Path, Path]:
@@ -121,6 +178,8 @@ async def test_tls_redis(tmp_path, clients):
         str(cert),
         "--tls-auth-clients",
         "no",
+        "--requirepass",
+        AWKWARD_PASSWORD,
         "--save",
         "",
         "--dir",
@@ -138,7 +197,7 @@ async def test_tls_redis(tmp_path, clients):
                 )
             raise
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_cert_reqs=required"
-        await assert_two_instances_talk(url, clients)
+        await assert_two_instances_talk(url, clients, redis_password=AWKWARD_PASSWORD)
 
 
 async def test_sentinel_url(tmp_path, clients):
@@ -154,6 +213,29 @@ async def test_sentinel_url(tmp_path, clients):
             wait_port(sentinel_port)
             await assert_two_instances_talk(
                 f"redis+sentinel://127.0.0.1:{sentinel_port}/0/mymaster", clients
+            )
+    finally:
+        master.stop()
+
+
+async def test_sentinel_and_master_with_redis_password(tmp_path, clients):
+    """REDIS_PASSWORD authenticates to the Sentinels and to the master they name."""
+    master = RedisServer(tmp_path / "master", None, "--requirepass", AWKWARD_PASSWORD).start()
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f'requirepass "{AWKWARD_PASSWORD}"\n'
+        f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        f'sentinel auth-pass mymaster "{AWKWARD_PASSWORD}"\n'
+    )
+    try:
+        with process([server_binary(), str(conf), "--sentinel"]):
+            wait_port(sentinel_port)
+            await assert_two_instances_talk(
+                f"redis+sentinel://127.0.0.1:{sentinel_port}/0/mymaster",
+                clients,
+                redis_password=AWKWARD_PASSWORD,
             )
     finally:
         master.stop()

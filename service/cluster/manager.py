@@ -1,21 +1,27 @@
 """Cluster mode: fan-out across instances through Redis pub/sub, routed by room.
 
-``RedisManager`` extends python-socketio's ``AsyncPubSubManager`` and fills in its transport
-hooks (``_publish``/``_listen``) the way @socket.io/redis-adapter's sharded adapter does:
+``RedisManager`` extends python-socketio's ``AsyncPubSubManager`` and fills in only its
+transport hooks (``_publish``/``_listen``) and the routing, the way @socket.io/redis-adapter's
+sharded adapter does; emits, acks across instances (``callback`` messages), room entry and
+disconnects are the library's own. Local delivery is :class:`LocalManager`'s (one encoded
+packet per broadcast).
 
-* an emit to ``room:<id>`` or ``user:<id>`` is published on that room's own channel, and an
-  instance subscribes only to the rooms that have local members, so it never decodes traffic
-  for rooms it does not serve; whole-namespace broadcasts and control messages use one
-  shared channel;
+* an emit to ``room:<id>`` or ``user:<id>`` is published on that room's own channel
+  (``<prefix>:socketio#room:{<id>}``: the room in a hash tag, the same slot as its history
+  stream), and an instance subscribes only to the rooms that have local members, so it never
+  decodes traffic for rooms it does not serve; whole-namespace broadcasts, control messages
+  and ack callbacks use one shared channel;
+* stored room messages are published by the store script itself (``method: stored``) and
+  go through the :class:`~service.cluster.sequencer.Sequencer`: in order, once, gaps filled;
 * the listener reconnects within a second of Redis coming back (the stock one backs off
-  up to 60 s);
+  up to 60 s), and the sequencer then looks for what was published meanwhile;
 * each instance publishes a heartbeat on the shared channel and must hear it back, or it
-  reports itself deaf (python-socketio#1581) so readiness fails instead of silently
-  dropping cross-instance messages;
+  reports itself deaf (python-socketio#1581) while Redis answers commands, so readiness
+  fails instead of silently dropping cross-instance messages;
 * on a Redis Cluster (``REDIS_CLUSTER=true`` or a ``redis+cluster://`` URL) stores use
   ``RedisCluster`` and room channels use sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis >= 7):
-  a room's traffic stays on the shard that owns its channel's slot, and an instance holds
-  one subscriber connection per shard it has rooms on. The shared channel stays on classic
+  a room's traffic stays on the shard that owns its slot, and an instance holds one
+  subscriber connection per shard it has rooms on. The shared channel stays on classic
   PUBLISH/SUBSCRIBE (the cluster bus carries it to every node).
 """
 
@@ -23,32 +29,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import asyncio as aioredis
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from socketio.redis_manager import parse_redis_sentinel_url
 
 from ..config import Settings
-from ..engine.fanout import FanoutMixin
+from ..engine.fanout import LocalManager
 from ..metrics import Metrics
+
+if TYPE_CHECKING:
+    from .sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
 ROUTED_PREFIXES = ("room:", "user:")
 MAX_RECONNECT_DELAY = 0.5
+_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar("delivery_scope", default=None)
+"""Set to ``remote`` in the listener task: what it delivers came from another instance."""
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password (if any) removed; the user name stays."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{hosts}" if user else hosts))
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
-    """A client for ``REDIS_URL`` (``redis://``, ``rediss://``, ``redis+sentinel://``).
+    """A client for ``REDIS_URL`` (``redis://``, ``rediss://``, ``redis+sentinel://``,
+    ``redis+cluster://``).
 
-    Short timeouts: an unreachable Redis must turn into a fast failure and a not-ready
-    instance, never a hung event handler.
+    ``REDIS_PASSWORD`` replaces the URL's password (so a generated one needs no URL-encoding);
+    with Sentinel it authenticates to the Sentinels as well as to the master. Short timeouts:
+    an unreachable Redis must turn into a fast failure, never a hung event handler.
     """
     timeout = settings.redis_timeout_seconds
     options: dict[str, Any] = {
@@ -56,21 +80,27 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
         "socket_connect_timeout": timeout,
         "health_check_interval": 15,
     }
+    password = settings.redis_password
+    url = settings.redis_url
+    if password:
+        url = _without_password(url)
+        options["password"] = password
     if settings.redis_cluster_mode:
-        url = settings.redis_url.replace("+cluster://", "://", 1)
+        url = url.replace("+cluster://", "://", 1)
         return aioredis.RedisCluster.from_url(url, **options)  # type: ignore[return-value]
-    if urlparse(settings.redis_url).scheme == "redis+sentinel":
-        sentinels, service_name, connection = parse_redis_sentinel_url(settings.redis_url)
-        sentinel = aioredis.Sentinel(sentinels, sentinel_kwargs=options, **connection, **options)
+    if urlsplit(url).scheme == "redis+sentinel":
+        sentinels, service_name, connection = parse_redis_sentinel_url(url)
+        connection.update(options)
+        sentinel = aioredis.Sentinel(sentinels, sentinel_kwargs=dict(options), **connection)
         return sentinel.master_for(service_name or "mymaster")
-    return aioredis.Redis.from_url(settings.redis_url, **options)
+    return aioredis.Redis.from_url(url, **options)
 
 
 def routed(room: object) -> bool:
     return isinstance(room, str) and room.startswith(ROUTED_PREFIXES)
 
 
-class RedisManager(FanoutMixin, AsyncPubSubManager):
+class RedisManager(AsyncPubSubManager, LocalManager):
     name = "service-redis"
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -78,9 +108,12 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         self.metrics = metrics
         self.redis = connect_redis(settings)
         self.heartbeat_seconds = settings.pubsub_heartbeat_seconds
-        self.available = True  # cleared by the health monitor while Redis does not answer
         self.listening = False
         self.sharded = isinstance(self.redis, aioredis.RedisCluster)
+        self.sequencer: Sequencer | None = None
+        self._available = True  # cleared by the health monitor while Redis does not answer
+        self.back_at = time.monotonic()
+        """When Redis last started answering again (monotonic)."""
         self._pubsub: Any = None
         self._inbox: asyncio.Queue[Any] | None = None
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -88,16 +121,61 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         self._confirmed: dict[str, asyncio.Event] = {}
         self._heard_at = time.monotonic()
         self._sent_at = 0.0
+        self._down_at = 0.0
+        self._listening_since = 0.0
+        self._sweeps: set[asyncio.Task[Any]] = set()
+
+    @property
+    def available(self) -> bool:
+        """False while the monitor says Redis does not answer: stores and publishes skip it."""
+        return self._available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        if value and not self._available:
+            self.back_at = time.monotonic()
+        elif not value and self._available:
+            self._down_at = time.monotonic()
+        self._available = value
+
+    @property
+    def listener_outdated(self) -> bool:
+        """The subscriber connection may be on a server that is no longer the master: it was
+        opened before the last outage (a frozen master keeps its TCP connections silent), or
+        Redis answers but our heartbeats have not come back for half the deafness limit."""
+        if not self.listening or not self.available:
+            return False
+        if self._listening_since < self._down_at:
+            return True
+        half = max(3 * self.heartbeat_seconds, 2.0) / 2
+        last = max(self._heard_at, self.back_at, self._listening_since)
+        return self._sent_at - last > half
+
+    async def reconnect_listener(self) -> None:
+        """Drop the subscriber connection: the listener reconnects (asking Sentinel for the
+        master again), resubscribes, and the sequencer delivers what it missed."""
+        log.info("pubsub reconnect forced", extra={"event": "pubsub_reconnect"})
+        self.listening = False
+        await self._close_pubsub()
 
     # -- routing ----------------------------------------------------------------------------
 
     def channel_for(self, room: str) -> str:
-        return f"{self.channel}#{room}"
+        """``room:x`` -> ``<channel>#room:{x}``: the hash tag puts the channel in the slot of
+        the room's history stream, so one script can store and publish on Redis Cluster."""
+        kind, _, name = room.partition(":")
+        return f"{self.channel}#{kind}:{{{name}}}"
+
+    def _room_of(self, channel: str) -> str:
+        kind, _, tagged = channel.partition("#")[2].partition(":")
+        return f"{kind}:{tagged[1:-1]}"
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> Any:
         result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if routed(room) and room not in self._wanted:
             self._wanted.add(room)
+            if self.sequencer is not None and room.startswith("room:"):
+                self.sequencer.serving(room[5:])
             self._change_subscription("subscribe", room)
         return result
 
@@ -106,6 +184,8 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
         if routed(room) and room in self._wanted and room not in self.rooms.get(namespace, {}):
             self._wanted.discard(room)
             self._confirmed.pop(room, None)
+            if self.sequencer is not None and room.startswith("room:"):
+                self.sequencer.forget(room[5:])
             self._change_subscription("unsubscribe", room)
         return result
 
@@ -132,61 +212,26 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
             return False  # the listener subscribes to it when Redis is back
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), wait_seconds)
+        if event.is_set() and self.sequencer is not None and room.startswith("room:"):
+            await self.sequencer.start(room[5:])
         return event.is_set()
+
+    async def deliver(
+        self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any, scope: str
+    ) -> int:
+        """Local delivery, labelled ``remote`` when the listener hands it over."""
+        return await super().deliver(event, data, namespace, room, skip_sid, _SCOPE.get() or scope)
 
     # -- outgoing ---------------------------------------------------------------------------
 
-    async def emit(  # type: ignore[override]
-        self,
-        event: str,
-        data: Any,
-        namespace: str | None = None,
-        room: Any = None,
-        skip_sid: Any = None,
-        callback: Any = None,
-        to: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        room = to or room
-        namespace = namespace or "/"
-        if callback is not None or kwargs.get("ignore_queue"):
-            await super().emit(
-                event,
-                data,
-                namespace=namespace,
-                room=room,
-                skip_sid=skip_sid,
-                callback=callback,
-                **kwargs,
-            )
-            return
-        await self.deliver(event, data, namespace, room, skip_sid, scope="local")
-        if isinstance(room, str) and self.is_connected(room, namespace):
-            return  # addressed to one socket of this instance: nobody else needs it
-        args = list(data) if isinstance(data, tuple) else [data]
-        await self._publish(
-            {
-                "method": "emit",
-                "event": event,
-                "data": args,
-                "binary": False,
-                "namespace": namespace,
-                "room": room,
-                "skip_sid": skip_sid,
-                "callback": None,
-                "host_id": self.host_id,
-            }
-        )
-
     async def _publish(self, data: dict[str, Any]) -> None:
-        room = data.get("room")
-        channel = (
-            self.channel_for(room)
-            if data.get("method") == "emit" and routed(room)
-            else (self.channel)
-        )
         if not self.available:
             return  # Redis is down: local delivery already happened, don't stall the sender
+        room = data.get("room")
+        is_emit = data.get("method") == "emit"
+        if is_emit and isinstance(room, str) and self.is_connected(room, data.get("namespace")):
+            return  # addressed to one socket of this instance: nobody else needs it
+        channel = self.channel_for(room) if is_emit and routed(room) else self.channel
         try:
             payload = json.dumps(data, separators=(",", ":"))
             with self.metrics.redis_op("publish"):
@@ -199,21 +244,12 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
 
     # -- incoming ---------------------------------------------------------------------------
 
-    async def _handle_emit(self, message: dict[str, Any]) -> None:
-        data = message.get("data")
-        if isinstance(data, list):
-            data = data[0] if len(data) == 1 else tuple(data)
-        await self.deliver(
-            message["event"],
-            data,
-            message.get("namespace") or "/",
-            message.get("room"),
-            message.get("skip_sid"),
-            scope="remote",
-        )
-
     async def _listen(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
-        """Yield decoded messages for the base class, reconnecting fast after any failure."""
+        """Yield decoded messages for the base class, reconnecting fast after any failure.
+
+        Stored room messages (``method: stored``) are handed to the sequencer here instead:
+        the base class would not know them."""
+        _SCOPE.set("remote")  # this runs in the listener task only
         stream = self._stream_sharded if self.sharded else self._stream_classic
         delay = 0.05
         while True:
@@ -221,7 +257,14 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
                 async for message in stream():
                     delay = 0.05
                     decoded = self._on_message(message)
-                    if decoded is not None:
+                    if decoded is None:
+                        continue
+                    if decoded.get("method") == "stored":
+                        try:
+                            await self._stored(decoded)
+                        except Exception:  # a delivery bug must not look like a lost link
+                            log.exception("stored message not delivered")
+                    else:
                         yield decoded
                 raise ConnectionError("pubsub stream ended")
             except asyncio.CancelledError:
@@ -238,7 +281,29 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
 
     def _now_listening(self) -> None:
         self.listening = True
+        self._listening_since = time.monotonic()
         log.info("pubsub listening", extra={"event": "pubsub_listening"})
+        self.sweep_soon()
+
+    def sweep_soon(self) -> None:
+        """Let the sequencer deliver what was stored while this instance was not listening."""
+        if self.sequencer is None:
+            return
+        task = asyncio.ensure_future(self.sequencer.sweep())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+        task.add_done_callback(_ignore_failure)
+
+    async def _stored(self, data: dict[str, Any]) -> None:
+        room, message_id, body = data.get("room"), data.get("id"), data.get("m")
+        if self.sequencer is None or not isinstance(room, str) or not isinstance(body, dict):
+            return
+        prev = data.get("prev")
+        await self.sequencer.arrived(
+            room.partition(":")[2],
+            {"id": message_id, **body},
+            prev if isinstance(prev, str) else "",
+        )
 
     async def _stream_classic(self) -> AsyncIterator[dict[str, Any]]:
         """One pub/sub connection for the shared channel and every wanted room channel."""
@@ -284,12 +349,13 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
             channel = _text(message["channel"])
             if channel == self.channel:
                 self._heard_at = time.monotonic()  # Redis answered: not deaf after an outage
-            room = channel.partition("#")[2]
+                return None
+            room = self._room_of(channel)
             if room in self._confirmed:
                 self._confirmed[room].set()
             return None
         if kind == "sunsubscribe":  # the slot moved to another shard: follow it
-            room = _text(message["channel"]).partition("#")[2]
+            room = self._room_of(_text(message["channel"]))
             if room in self._wanted:
                 self._change_subscription("subscribe", room)
             return None
@@ -311,7 +377,9 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         readers, self._readers = self._readers, {}
-        self._inbox = None
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            inbox.put_nowait(ConnectionError("pubsub closed"))  # wakes the sharded listener
         for reader in readers.values():
             reader.cancel()
         for event in self._confirmed.values():
@@ -334,11 +402,16 @@ class RedisManager(FanoutMixin, AsyncPubSubManager):
 
     @property
     def deaf(self) -> bool:
-        """Heartbeats go out fine but have not come back for a while."""
+        """Redis takes our heartbeats (it answers commands) but none has come back for a
+        while: the listener is disconnected or its connection silently hears nothing. Counted
+        from when Redis last came back, so the listener's reconnect after an outage is not
+        deafness."""
         limit = max(3 * self.heartbeat_seconds, 2.0)
-        return self.listening and self._sent_at - self._heard_at > limit
+        return self.available and self._sent_at - max(self._heard_at, self.back_at) > limit
 
     async def close(self) -> None:
+        for sweep in list(self._sweeps):
+            sweep.cancel()
         if self.thread is not None:
             self.thread.cancel()
             with contextlib.suppress(BaseException):

@@ -1,4 +1,11 @@
-"""Background duties of a cluster instance: Redis health, heartbeats, presence refresh."""
+"""Background duties of a cluster instance: Redis health, heartbeats, presence refresh, and
+the sequencer's periodic look for gaps.
+
+A Redis outage is not a readiness failure: every instance shares it, and failing readiness
+would empty the Service (new clients could not even reach the instance that would serve them
+locally). ``socketio_redis_up`` and ``/health`` report it. Readiness fails only for an
+instance whose pub/sub hears nothing while Redis answers: that one is worse than its peers.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from ..config import Settings
 from ..logs import redis_endpoint
 from ..metrics import Metrics
 from .manager import RedisManager
+from .sequencer import SWEEP_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +73,20 @@ class RedisMonitor:
                 extra={"event": "redis_up" if self.up else "redis_down"},
             )
         if self.up:
+            if self.manager.listener_outdated:
+                await self.manager.reconnect_listener()
             await self.manager.heartbeat()
         self.metrics.pubsub_deaf.set(1 if self.manager.deaf else 0)
 
     async def run(self) -> None:
         interval = min(0.5, self.manager.heartbeat_seconds)
         refresh_every = self.settings.presence_ttl_seconds / 3
-        refreshed = time.monotonic()
+        refreshed = swept = time.monotonic()
         while True:
             await self.check_once()
+            if self.up and time.monotonic() - swept >= SWEEP_SECONDS:
+                swept = time.monotonic()
+                self.manager.sweep_soon()
             if self.up and time.monotonic() - refreshed >= refresh_every:
                 refreshed = time.monotonic()
                 for store in self.refreshers:
@@ -84,10 +97,5 @@ class RedisMonitor:
             await asyncio.sleep(interval)
 
     async def not_ready_reason(self) -> str | None:
-        if not self.up:
-            return "redis_unreachable"
-        if not self.manager.listening:
-            return "pubsub_disconnected"
-        if self.manager.deaf:
-            return "pubsub_deaf"
-        return None
+        """``pubsub_deaf`` only: Redis being down is shared by every instance (see above)."""
+        return "pubsub_deaf" if self.manager.deaf else None

@@ -6,13 +6,17 @@ same shape in memory, so clients never see the difference.
 
 from __future__ import annotations
 
+import itertools
 import json
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from .. import wirejson
 from ..protocol import format_id, id_after, id_before, parse_id
@@ -111,11 +115,52 @@ class HistoryUnavailable(Exception):
     """History could not be written (Redis down); the caller decides how to degrade."""
 
 
-# KEYS: stream, dropped-marker; ARGV: message JSON, size, ttl seconds.
+class HistoryFull(HistoryUnavailable):
+    """Redis answers but refuses writes (``maxmemory`` reached with ``noeviction``): waiting
+    for it would not help, and a plain PUBLISH still works."""
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A message stored (and published) by :meth:`RedisHistory.post`."""
+
+    message: Message
+    prev: str
+    """The id of the entry before it in the stream ("" when unknown): a listener that last
+    delivered another id knows it missed something."""
+    duplicate: bool = False
+    """An earlier attempt of the same post had been stored already (nothing was written)."""
+    replicas: int | None = None
+    """How many replicas acknowledged the write (``WAIT``), when asked for."""
+
+
+# KEYS: stream, dropped-marker.
+# ARGV: message JSON, size, ttl seconds, nonce, dedupe-from id ("" = no check), channel
+# ("" = store only), publish command (PUBLISH or SPUBLISH), room name as a JSON string.
+# One atomic step: store, trim, expire, publish. Every instance sees a message on the channel
+# exactly when it is in the stream, and the published payload names the entry before it, so a
+# listener notices a gap. The channel carries the room in the same hash tag as the keys, so the
+# script runs on Redis Cluster too (one slot).
 # Trims by hand so the id of the newest dropped entry is known: recovery needs it to tell
 # "nothing missed" from "gap older than what is kept" (XADD MAXLEN does not record it).
-_APPEND_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
+# The nonce (field ``n``) lets a retry after an uncertain failure (a timeout: the first try may
+# still run when a frozen Redis resumes) find the first try instead of storing twice.
+_POST_SCRIPT = """
+if ARGV[5] ~= '' then
+  local recent = redis.call('XRANGE', KEYS[1], ARGV[5], '+', 'COUNT', 2000)
+  for i = #recent, 1, -1 do
+    local fields = recent[i][2]
+    for j = 1, #fields - 1, 2 do
+      if fields[j] == 'n' and fields[j + 1] == ARGV[4] then
+        return {recent[i][1], '', 1}
+      end
+    end
+  end
+end
+local prev = ''
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then prev = last[1][1] end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'n', ARGV[4])
 local size = tonumber(ARGV[2])
 local excess = redis.call('XLEN', KEYS[1]) - size
 if excess > 0 then
@@ -125,7 +170,11 @@ if excess > 0 then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return id
+if ARGV[6] ~= '' then
+  redis.call(ARGV[7], ARGV[6], '{"method":"stored","room":' .. ARGV[8] .. ',"id":"' .. id ..
+    '","prev":"' .. prev .. '","m":' .. ARGV[1] .. '}')
+end
+return {id, prev, 0}
 """
 
 
@@ -138,7 +187,9 @@ class RedisHistory:
         self._metrics = link.metrics
         self._size = size
         self._ttl = ttl_seconds
-        self._append = link.redis.register_script(_APPEND_SCRIPT)
+        self._post = link.redis.register_script(_POST_SCRIPT)
+        self._nonces = itertools.count(1)
+        self._nonce_base = secrets.token_hex(4)
 
     def _check_available(self) -> None:
         if not self._link.available():
@@ -148,15 +199,110 @@ class RedisHistory:
         stream = self._link.key("history", room_id)
         return stream, f"{stream}:dropped"
 
+    def nonce(self) -> str:
+        """A token unique to one post of this process, stored with the entry."""
+        return f"{self._nonce_base}{next(self._nonces):x}"
+
     async def append(self, room_id: str, message: Message) -> Message:
-        stream, dropped = self._keys(room_id)
         self._check_available()
+        posted = await self.post(room_id, message, nonce=self.nonce())
+        return posted.message
+
+    async def post(
+        self,
+        room_id: str,
+        message: Message,
+        *,
+        nonce: str,
+        channel: str = "",
+        sharded: bool = False,
+        dedupe_from_ms: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
+    ) -> Posted:
+        """Store ``message`` and, with a ``channel``, publish it there in the same script.
+
+        ``dedupe_from_ms``: an earlier try of this nonce may have been stored from then on;
+        if so, return that entry (``duplicate``) and write nothing. ``wait_replicas``: send
+        ``WAIT`` on the same connection, in the same round trip, and report how many replicas
+        acknowledged.
+        """
+        keys = self._keys(room_id)
+        body = wirejson.dumps(message)
+        args = [
+            body,
+            self._size,
+            self._ttl,
+            nonce,
+            f"{dedupe_from_ms}" if dedupe_from_ms is not None else "",
+            channel,
+            "SPUBLISH" if sharded else "PUBLISH",
+            json.dumps(f"room:{room_id}"),
+        ]
+        replicas: int | None = None
         with self._metrics.redis_op("history_append"), _unavailable_on_error():
-            raw_id = await self._append(
-                keys=[stream, dropped],
-                args=[wirejson.dumps(message), self._size, self._ttl],
+            if wait_replicas > 0:
+                result, replicas = await self._post_and_wait(
+                    keys, args, wait_replicas, wait_timeout_ms
+                )
+            else:
+                result = await self._post(keys=list(keys), args=args)
+        raw_id, prev, duplicate = result
+        return Posted({"id": _text(raw_id), **message}, _text(prev), bool(int(duplicate)), replicas)
+
+    async def _post_and_wait(
+        self, keys: tuple[str, str], args: list[Any], replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
+        """The script and ``WAIT`` pipelined on one connection: WAIT counts the replicas that
+        have this connection's writes, so it must follow the script on the same one."""
+        for attempt in (1, 2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._post.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                try:
+                    result, acked = await pipe.execute()
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    # a fresh master (after a failover) has no script cache yet
+                    await self._redis.script_load(_POST_SCRIPT)
+                    continue
+            return result, int(acked)
+        raise AssertionError("unreachable")
+
+    async def latest(self, room_ids: list[str]) -> dict[str, str]:
+        """The newest id of each room's stream (rooms without one are left out)."""
+        if not room_ids:
+            return {}
+        with self._metrics.redis_op("history_read"), _unavailable_on_error():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room_id in room_ids:
+                    pipe.xrevrange(self._keys(room_id)[0], max="+", min="-", count=1)
+                results = await pipe.execute()
+        return {
+            room_id: _text(entries[0][0])
+            for room_id, entries in zip(room_ids, results, strict=True)
+            if entries
+        }
+
+    async def between(
+        self, room_id: str, after: str, before: str | None = None, limit: int = 1000
+    ) -> list[Message]:
+        """Kept messages with ``after < id < before`` (``before`` None: up to the newest)."""
+        stream, _ = self._keys(room_id)
+        # inclusive bounds computed here: Redis refuses "(" past the ends of the id space
+        oldest = id_after(*parse_id(after))
+        newest = id_before(*parse_id(before)) if before is not None else None
+        if oldest is None or (before is not None and newest is None):
+            return []
+        with self._metrics.redis_op("history_read"), _unavailable_on_error():
+            entries = await self._redis.xrange(
+                stream,
+                min=format_id(*oldest),
+                max=format_id(*newest) if newest else "+",
+                count=limit,
             )
-        return {"id": _text(raw_id), **message}
+        return [_decode(entry) for entry in entries]
 
     async def recent(self, room_id: str, limit: int, before: str | None = None) -> list[Message]:
         if limit <= 0:
@@ -201,6 +347,8 @@ def _unavailable_on_error() -> Iterator[None]:
     """Redis failures (refused, timed out, out of memory) become ``HistoryUnavailable``."""
     try:
         yield
+    except OutOfMemoryError as exc:
+        raise HistoryFull(str(exc)) from exc
     except REDIS_ERRORS as exc:
         raise HistoryUnavailable(str(exc)) from exc
 

@@ -78,6 +78,8 @@ class Instance:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings on top of :data:`INSTANCE_ENV` (e.g. the Sentinel topology's)."""
 
     @property
     def url(self) -> str:
@@ -100,6 +102,7 @@ class Instance:
             "PORT": str(self.port),
             "REDIS_URL": self.redis_url,
             "INSTANCE_ID": self.instance_id,
+            **self.env,
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT

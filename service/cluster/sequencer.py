@@ -1,0 +1,157 @@
+"""Stored room messages reach this instance's members in stream order, once each, gaps filled.
+
+A stored message comes to an instance two ways: from its own sender (after the store+publish
+script answered) and through pub/sub (published by that same script, on any instance). Pub/sub
+loses what is published while a subscriber is disconnected (a Redis restart, a Sentinel
+failover) and may hand over a remote message after a later local one. So per room this
+instance serves, the sequencer remembers the last id it delivered and
+
+* drops what is not newer (already delivered: the echo of a local send, a gap fill);
+* when a message names a previous entry newer than that, reads the missing entries from the
+  stream first and delivers them in order (a gap: published while this instance was not
+  listening, or still in flight);
+* after the listener resubscribes, and every :data:`SWEEP_SECONDS`, compares each room's
+  newest stream id with what it delivered and delivers the rest, so a gap is closed even when
+  nobody sends again.
+
+Clients keep their sockets: the missing messages arrive as ordinary ``message:received``
+events. Messages acked ``stored: false`` (local-only) never pass through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ..protocol import MESSAGE_RECEIVED, parse_id, room_channel
+from ..stores.history import HistoryUnavailable, Message
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 5.0
+"""How often every served room is compared with its stream (one pipelined read)."""
+FILL_LIMIT = 1000
+"""At most this many missing messages are delivered per gap (older ones: ``since`` recovery)."""
+
+Deliver = Callable[[str, Message], Awaitable[object]]
+
+
+class StreamReader(Protocol):
+    async def latest(self, room_ids: list[str]) -> dict[str, str]: ...
+
+    async def between(
+        self, room_id: str, after: str, before: str | None = None, limit: int = FILL_LIMIT
+    ) -> list[Message]: ...
+
+
+class Sequencer:
+    """Per served room: the last delivered id, a lock, and the gap filling described above."""
+
+    def __init__(self, reader: StreamReader, deliver: Deliver) -> None:
+        self._reader = reader
+        self._deliver = deliver
+        self._last: dict[str, tuple[int, int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.filled = 0  # messages delivered by gap filling (tests and logs)
+
+    def serving(self, room_id: str) -> None:
+        """A first local member joined: deliver from the next message on."""
+        self._locks.setdefault(room_id, asyncio.Lock())
+
+    async def start(self, room_id: str) -> None:
+        """Start from the room's newest stored id (read once, when the first local member's
+        subscription is confirmed): what is older is in that member's join history."""
+        if room_id not in self._locks or room_id in self._last:
+            return
+        try:
+            newest = await self._reader.latest([room_id])
+        except HistoryUnavailable:
+            return  # the first message delivered sets it
+        if room_id in self._locks and room_id not in self._last:
+            self._last[room_id] = parse_id(newest[room_id]) if room_id in newest else (0, 0)
+
+    def forget(self, room_id: str) -> None:
+        """The last local member left: a later member starts from its own join."""
+        self._last.pop(room_id, None)
+        self._locks.pop(room_id, None)
+
+    async def arrived(self, room_id: str, message: Message, prev: str = "") -> None:
+        """Deliver ``message`` (stored with id ``message["id"]``) unless already delivered,
+        after any missing messages between the last delivered one and ``prev``."""
+        lock = self._locks.get(room_id)
+        if lock is None:
+            return  # no local member (any more)
+        try:
+            key = parse_id(message.get("id"))
+        except ValueError:
+            return
+        async with lock:
+            last = self._last.get(room_id)
+            if last is not None and key <= last:
+                return
+            if last is not None and prev and _newer(prev, last):
+                await self._fill(room_id, last, before=message["id"])
+                last = self._last.get(room_id)
+                if last is not None and key <= last:
+                    return
+            await self._deliver(room_id, message)
+            if room_id in self._locks:
+                self._last[room_id] = key
+
+    async def sweep(self) -> int:
+        """Close every gap between what was delivered and each room's stream; return how many
+        messages that delivered."""
+        rooms = list(self._last)
+        if not rooms:
+            return 0
+        try:
+            newest = await self._reader.latest(rooms)
+        except HistoryUnavailable:
+            return 0
+        before = self.filled
+        for room_id, newest_id in newest.items():
+            last = self._last.get(room_id)
+            lock = self._locks.get(room_id)
+            if last is None or lock is None or not _newer(newest_id, last):
+                continue
+            async with lock:
+                last = self._last.get(room_id)
+                if last is not None:
+                    await self._fill(room_id, last, before=None)
+        return self.filled - before
+
+    async def _fill(self, room_id: str, last: tuple[int, int], before: str | None) -> None:
+        try:
+            missed = await self._reader.between(room_id, f"{last[0]}-{last[1]}", before)
+        except HistoryUnavailable as exc:
+            log.warning("gap not filled", extra={"event": "gap_unfilled", "error": str(exc)})
+            return
+        for message in missed:
+            await self._deliver(room_id, message)
+            self._last[room_id] = parse_id(message["id"])
+            self.filled += 1
+        if missed:
+            log.info(
+                "delivered messages missed on pub/sub",
+                extra={"event": "gap_filled", "count": len(missed)},
+            )
+
+
+def _newer(message_id: str, than: tuple[int, int]) -> bool:
+    try:
+        return parse_id(message_id) > than
+    except ValueError:
+        return False
+
+
+def deliver_to_room(emit: Callable[..., Awaitable[object]]) -> Deliver:
+    """Deliver through a namespace's ``emit`` to this instance's members only
+    (``ignore_queue``: the store script already published it to the other instances), so a
+    stored message reaches sockets exactly like any other emit of that namespace."""
+
+    async def deliver(room_id: str, message: Message) -> None:
+        await emit(MESSAGE_RECEIVED, message, room=room_channel(room_id), ignore_queue=True)
+
+    return deliver
