@@ -146,10 +146,18 @@ async def test_every_alert_rule_loads_and_evaluates(topology: Topology) -> None:
         state = by_name[rule["alert"]]
         assert state["health"] in ("ok", "unknown") and not state.get("lastError"), state
         await asyncio.to_thread(prom.query, rule["expr"])  # raises on a PromQL error
+        if re.search(r"\bredis_\w+", rule["expr"]):
+            # the Redis group watches redis_exporter's series: this topology runs no
+            # exporter, so those rules are proven by promtool's unit tests instead
+            continue
         operand = threshold_operand(rule["expr"])
         assert operand, f"{rule['alert']}: no threshold to strip in {rule['expr']!r}"
-        result = await asyncio.to_thread(prom.query, operand)
-        assert result, f"{rule['alert']}: {operand!r} returns no series at all"
+        # rate() needs two scrapes of a fresh topology: poll, then fail with the rule's name
+        await until(
+            lambda operand=operand: prom.query(operand),
+            timeout=15,
+            what=f"{rule['alert']}: {operand!r} to return series",
+        )
 
 
 def firing(prom: Prometheus, alert: str) -> set[str]:
