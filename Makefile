@@ -31,7 +31,10 @@ tests/k8s/grafana/node_modules/.package-lock.json: tests/k8s/grafana/package-loc
 NODE_DEPS := tests/js/node_modules/.package-lock.json tests/k8s/grafana/node_modules/.package-lock.json
 
 ## run: the service on http://127.0.0.1:3000, embedded mode, with dev tokens printed
-run: $(RUN_STAMP) tests/js/node_modules/.package-lock.json
+## (the demo page needs npm for the socket.io JS client; without npm the service still runs)
+run: $(RUN_STAMP)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(word 1,$(NODE_DEPS)); \
+	else echo "note: npm not found: the demo page will ask for the socket.io JS client"; fi
 	$(BIN)/socketio-service --dev
 
 ## test: every suite (fast, slow, k8s), then the protocol suites again on python-engineio's
