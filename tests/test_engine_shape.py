@@ -140,6 +140,22 @@ def test_socketio_server_hooks() -> None:
     assert _params(socketio.AsyncManager.get_participants) == ["self", "namespace", "room"]
     emit = _params(socketio.AsyncManager.emit)
     assert emit[:7] == ["self", "event", "data", "namespace", "room", "skip_sid", "callback"]
+    # engine/recovery.py adds the pid to CONNECT answers by wrapping this coroutine
+    assert inspect.iscoroutinefunction(socketio.AsyncServer._send_packet)
+    assert _params(socketio.AsyncServer._send_packet) == ["self", "eio_sid", "pkt"]
+    assert "packet.CONNECT" in inspect.getsource(socketio.AsyncServer._handle_connect)
+
+
+def test_aiohttp_request_handler_shape_for_the_header_timeout() -> None:
+    """engine/headers.py wraps each connection's request parser from the server's
+    ``connection_made`` and reads the handler's request bookkeeping."""
+    from aiohttp.web_protocol import RequestHandler
+
+    assert _params(web.Server.connection_made) == ["self", "handler", "transport"]
+    source = inspect.getsource(RequestHandler)
+    for name in ("_parser", "_request_count", "_current_request", "_messages"):
+        assert f"self.{name}" in source, f"aiohttp's RequestHandler no longer has {name}"
+    assert "self._parser.feed_data(data)" in source
 
 
 def test_socketio_packet_decode_reports_attachments() -> None:

@@ -15,6 +15,7 @@ keep-alive connections (no byte of a next request yet) and request bodies are no
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,16 @@ def install_header_timeout(runner: web.AppRunner) -> None:
     time_request_heads(runner.server, timeout, app[keys.METRICS].http_header_timeouts.inc)
 
 
+@functools.cache
+def _warn_untimed() -> None:
+    """Once: aiohttp changed, request heads are not timed (tests/test_engine_shape.py says
+    what moved)."""
+    log.warning(
+        "aiohttp's request handler has no parser to time: HTTP_HEADER_TIMEOUT_SECONDS is off",
+        extra={"event": "header_timeout_unavailable"},
+    )
+
+
 def time_request_heads(
     server: web.Server | None, timeout: float, on_timeout: Callable[[], None] = lambda: None
 ) -> None:
@@ -99,7 +110,9 @@ def time_request_heads(
     def connection_made(handler: Any, transport: asyncio.Transport) -> None:
         made(handler, transport)
         parser = getattr(handler, "_parser", None)
-        if parser is not None and not isinstance(parser, _TimedParser):
+        if parser is None:
+            _warn_untimed()
+        elif not isinstance(parser, _TimedParser):
             timed = _TimedParser(parser, handler, timeout, on_timeout)
             handler._parser = timed
             timed.arm()  # a connection that sends nothing at all is timed too
