@@ -433,6 +433,11 @@ def test_admin_ui_password_comes_from_a_secret() -> None:
     hp = helm_python()
     with pytest.raises(hp.HelmRenderError, match=r"admin\.existingSecret"):
         render({"config": {"adminUi": True}})
+    notes = next(t for p, t in render(values_for("full")).items() if p.endswith("NOTES.txt"))
+    assert "port-forward deploy/chat-socketio-service 3000:3000" in notes
+    assert "admin.socket.io" not in next(
+        t for p, t in render().items() if p.endswith("NOTES.txt")
+    ), "the admin UI is off by default"
     docs = objects_for("full")
     env = app_env(docs)
     assert env["ADMIN_UI"] == "true"
