@@ -260,8 +260,21 @@ def test_env_wiring(objects: list[dict[str, Any]], value_set: str) -> None:
         assert env["REDIS_URL"] == f"redis://{REDIS}:6379/0"
 
 
-def test_env_names_are_known_to_the_service(objects: list[dict[str, Any]]) -> None:
-    """Every variable the chart sets is one the service reads (typos would be ignored)."""
+# Variables of service/config.py VARIABLES that deliberately have no config.* key, and why.
+SET_ELSEWHERE = {
+    "HOST": "the image's default (all interfaces) is what a pod needs",
+    "PORT": "containerPort, shared with the probes and the Service",
+    "INSTANCE_ID": "the pod name, through the downward API",
+    "REDIS_URL": "derived from redis.*, or externalRedis.existingSecret",
+    "REDIS_PASSWORD": "a Secret: redis.auth.existingSecret or the generated one",
+    "JWT_SECRET": "a Secret: jwt.existingSecret or the generated one",
+    "JWT_PUBLIC_KEY": "a Secret mounted as a file: jwt.publicKeySecret",
+    "ADMIN_PASSWORD": "a Secret: admin.existingSecret",
+    "DEMO_CLIENT_JS_DIR": "the demo page exists only in --dev, never in a cluster",
+}
+
+
+def service_variables() -> dict[str, Any]:
     try:
         from service.config import VARIABLES
     except ImportError as exc:  # the package is written alongside the chart
@@ -270,10 +283,182 @@ def test_env_names_are_known_to_the_service(objects: list[dict[str, Any]]) -> No
         if os.environ.get("CI"):
             raise
         pytest.skip(f"service.config not importable: {exc}")
-    # Contract variables whose service side lands in another change.
-    helpers = {"REDIS_PASSWORD", "REDIS_WAIT_REPLICAS", "REDIS_OUTAGE_BUFFER_SECONDS"}
-    unknown = set(app_env(objects)) - set(VARIABLES) - helpers
+    return VARIABLES
+
+
+def env_name(key: str) -> str:
+    """config.maxConnections -> MAX_CONNECTIONS (the chart's rule, sprig's snakecase)."""
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).upper()
+
+
+def config_keys() -> list[str]:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    return [k for k in values["config"] if k != "extraEnv"]
+
+
+def test_every_service_variable_has_a_config_key_and_back() -> None:
+    """One config.* key per environment variable of the service, named after it; the
+    variables the chart sets another way are listed in SET_ELSEWHERE with the reason."""
+    variables = service_variables()
+    keys = {env_name(k): k for k in config_keys()}
+    assert not set(keys) - set(variables), "config keys the service does not read"
+    assert not set(keys) & set(SET_ELSEWHERE)
+    assert not set(SET_ELSEWHERE) - set(variables), "stale exceptions"
+    assert set(variables) - set(SET_ELSEWHERE) - set(keys) == set(), "variables without a key"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]["config"]["properties"]) == {*keys.values(), "extraEnv"}
+
+
+def test_env_names_are_known_to_the_service(objects: list[dict[str, Any]]) -> None:
+    """Every variable the chart sets is one the service reads (typos would be ignored), and
+    every plain value parses with the service's own parser."""
+    variables = service_variables()
+    env = app_env(objects)
+    unknown = set(env) - set(variables) - {"PYTHONFAULTHANDLER"}  # full: config.extraEnv
     assert not unknown
+    for name, value in env.items():
+        if isinstance(value, str) and name in variables and name not in SET_ELSEWHERE:
+            variables[name][1](value)  # raises ValueError like start-up would
+
+
+# Values unlike every default, each of a type the schema allows.
+NON_DEFAULT_CONFIG = {
+    "jwtAlgorithms": "HS256,ES256",
+    "jwtAudience": "chat",
+    "jwtIssuer": "https://auth.example.com",
+    "jwtLeewaySeconds": 2.5,
+    "corsAllowedOrigins": "https://chat.example.com",
+    "rateLimitEvents": 250,
+    "rateLimitWindowSeconds": 30,
+    "historySize": 500,
+    "historyTtlSeconds": 2592000,
+    "maxMessageBytes": 16384,
+    "maxConnections": 12000,
+    "maxRoomsPerSocket": 50,
+    "maxSocketsPerUser": 5,
+    "handshakeRatePerAddress": 5.5,
+    "handshakeBurstPerAddress": 30,
+    "trustedProxies": "10.0.0.0/8,100.64.0.0/10",
+    "sendBufferBytes": 2097152,
+    "connectTimeoutSeconds": 5,
+    "httpHeaderTimeoutSeconds": 15,
+    "pingInterval": 20,
+    "pingTimeout": 15,
+    "shutdownDelaySeconds": 4,
+    "shutdownDrainSeconds": 30,
+    "redisTimeoutSeconds": 1.5,
+    "redisPrefix": "chat2",
+    "redisCluster": True,
+    "presenceTtlSeconds": 60,
+    "pubsubHeartbeatSeconds": 2,
+    "redisOutageBufferSeconds": 8,
+    "redisWaitReplicas": 2,
+    "logLevel": "warning",
+    "logFormat": "text",
+    "websocketCompression": True,
+    "websocketDriver": "stock",
+    "adminUi": True,
+    "adminUsername": "ops",
+    "adminAllowedNetworks": "127.0.0.1/32",
+    "roomAccess": "claims",
+    "roomAuthUrl": "http://rooms-auth.chat.svc:8080/can-join",
+    "roomAuthTimeoutSeconds": 0.5,
+    "roomAuthCacheSeconds": 0,
+    "connectionStateRecoverySeconds": 600,
+}
+
+
+def test_every_config_key_reaches_the_service_as_its_variable() -> None:
+    """Each config.* value lands in the pod's environment under its variable, and the
+    service parses it back to the value given (2592000 must not arrive as 2.592e+06)."""
+    variables = service_variables()
+    assert set(NON_DEFAULT_CONFIG) == set(config_keys())
+    values = {
+        "config": NON_DEFAULT_CONFIG,
+        "redis": {"enabled": False},
+        "externalRedis": {"existingSecret": "chat-redis-url"},
+        "jwt": {"publicKeySecret": "chat-jwt-public-key"},
+        "admin": {"existingSecret": "chat-admin"},
+    }
+    env = app_env(parse(render(values)))
+    for key, given in NON_DEFAULT_CONFIG.items():
+        name = env_name(key)
+        assert name in env, f"config.{key} does not set {name}"
+        _, parser = variables[name]
+        parsed = parser(env[name])
+        if isinstance(parsed, tuple):
+            given = tuple(given.split(","))
+        assert parsed == given, (key, env[name])
+
+
+def test_derived_redis_settings_give_way_to_config() -> None:
+    """With replication the chart implies REDIS_WAIT_REPLICAS=1 and an outage buffer that
+    outlasts a failover; config.* values win, and standalone sets neither."""
+    env = app_env(parse(render()))
+    assert "REDIS_WAIT_REPLICAS" not in env and "REDIS_OUTAGE_BUFFER_SECONDS" not in env
+    replication = {"redis": {"architecture": "replication"}}
+    env = app_env(parse(render(replication)))
+    assert (env["REDIS_WAIT_REPLICAS"], env["REDIS_OUTAGE_BUFFER_SECONDS"]) == ("1", "10")
+    pinned = {**replication, "config": {"redisWaitReplicas": 2, "redisOutageBufferSeconds": 20}}
+    env = app_env(parse(render(pinned)))
+    assert (env["REDIS_WAIT_REPLICAS"], env["REDIS_OUTAGE_BUFFER_SECONDS"]) == ("2", "20")
+
+
+@pytest.mark.parametrize("name", ["LOG_LEVEL", "REDIS_WAIT_REPLICAS", "JWT_SECRET", "REDIS_URL"])
+def test_extra_env_cannot_shadow_what_the_chart_sets(name: str) -> None:
+    """A duplicate would be a duplicate ConfigMap key, or silently lose to the explicit env."""
+    hp = helm_python()
+    with pytest.raises(hp.HelmRenderError, match=rf"config\.extraEnv\.{name}"):
+        render({"config": {"extraEnv": {name: "x"}}})
+    env = app_env(parse(render({"config": {"extraEnv": {"PYTHONFAULTHANDLER": "1"}}})))
+    assert env["PYTHONFAULTHANDLER"] == "1"
+
+
+def test_redis_cluster_needs_an_external_redis() -> None:
+    hp = helm_python()
+    with pytest.raises(hp.HelmRenderError, match=r"config\.redisCluster"):
+        render({"config": {"redisCluster": True}})
+
+
+# ---- admin UI: off by default, never reachable from the networks clients come from ----
+
+
+def test_admin_ui_is_off_and_loopback_only_by_default() -> None:
+    env = app_env(objects_for("default"))
+    assert env["ADMIN_UI"] == "false" and "ADMIN_PASSWORD" not in env
+    assert env["ADMIN_ALLOWED_NETWORKS"] == "127.0.0.0/8,::1/128"
+
+
+def test_admin_ui_password_comes_from_a_secret() -> None:
+    hp = helm_python()
+    with pytest.raises(hp.HelmRenderError, match=r"admin\.existingSecret"):
+        render({"config": {"adminUi": True}})
+    notes = next(t for p, t in render(values_for("full")).items() if p.endswith("NOTES.txt"))
+    assert "port-forward deploy/chat-socketio-service 3000:3000" in notes
+    assert "admin.socket.io" not in next(
+        t for p, t in render().items() if p.endswith("NOTES.txt")
+    ), "the admin UI is off by default"
+    docs = objects_for("full")
+    env = app_env(docs)
+    assert env["ADMIN_UI"] == "true"
+    assert env["ADMIN_PASSWORD"] == {
+        "secretKeyRef": {"name": "chat-admin", "key": "admin-password"}
+    }
+    assert env["ADMIN_ALLOWED_NETWORKS"] == "127.0.0.0/8,::1/128"
+    # The /admin namespace rides on /socket.io: the edge publishes nothing else.
+    for ingress in find(docs, "Ingress"):
+        paths = [p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+        assert paths == ["/socket.io"]
+    for route in find(docs, "HTTPRoute"):
+        matches = [m["path"]["value"] for r in route["spec"]["rules"] for m in r["matches"]]
+        assert matches == ["/socket.io"]
+
+
+@pytest.mark.parametrize("networks", ["0.0.0.0/0", "127.0.0.0/8,::/0", "everyone"])
+def test_schema_refuses_an_admin_ui_open_to_the_world(networks: str) -> None:
+    hp = helm_python()
+    with pytest.raises(hp.HelmValuesError):
+        render({"config": {"adminAllowedNetworks": networks}})
 
 
 def test_secret_references_exist(objects: list[dict[str, Any]], value_set: str) -> None:
@@ -288,6 +473,7 @@ def test_secret_references_exist(objects: list[dict[str, Any]], value_set: str) 
         (values.get("externalRedis") or {}).get("existingSecret"),
         (values.get("jwt") or {}).get("existingSecret"),
         (values.get("jwt") or {}).get("publicKeySecret"),
+        (values.get("admin") or {}).get("existingSecret"),
     } - {None, ""}
     secrets = {s["metadata"]["name"]: s for s in find(objects, "Secret")}
     refs = []
@@ -606,6 +792,14 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         {"redis": {"persistence": {"size": "lots"}}},
         {"config": {"corsAllowedOrigins": "chat.example.com"}},
         {"config": {"jwtAlgorithms": "none"}},
+        {"config": {"websocketDriver": "turbo"}},
+        {"config": {"roomAccess": "closed"}},
+        {"config": {"roomAuthUrl": "ftp://auth.example.com"}},
+        {"config": {"redisWaitReplicas": 17}},
+        {"config": {"shutdownDelaySeconds": 10}},
+        {"config": {"redisPrefix": "has space"}},
+        {"config": {"connectionStateRecoverySeconds": -1}},
+        {"admin": {"password": "in-values"}},
     ],
     ids=lambda v: json.dumps(v, sort_keys=True),
 )

@@ -373,7 +373,8 @@ def test_server_network_policy() -> None:
     pods = [p["podSelector"]["matchLabels"] for p in inbound["from"] if "podSelector" in p]
     assert pods and all(matches(sel, test_pod) for sel in pods), "helm test must get through"
     assert not any(matches(sel, app) for sel in pods)
-    dns, to_redis = spec["egress"]
+    dns, to_redis, to_hook = spec["egress"]
+    assert to_hook["ports"] == [{"port": 8080, "protocol": "TCP"}], "full: the room-auth hook"
     assert dns["to"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
@@ -387,6 +388,16 @@ def test_server_network_policy() -> None:
     assert not matches(peer["podSelector"]["matchLabels"], app)
     redis_port = one(docs, "Service", f"{FULLNAME}-redis")["spec"]["ports"][0]["port"]
     assert redis_port in {p["port"] for p in to_redis["ports"]}
+
+
+def test_server_network_policy_lets_the_room_auth_hook_through() -> None:
+    """The hook fails closed: a policy that blocks it refuses every join, so the chart
+    insists on an egress rule for it."""
+    values = {
+        "config": {"roomAuthUrl": "https://auth.example.com/rooms"},
+        "networkPolicy": {"server": {"enabled": True}},
+    }
+    assert "config.roomAuthUrl" in refused(values)
 
 
 def test_server_network_policy_with_an_external_redis() -> None:

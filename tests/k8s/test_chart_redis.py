@@ -178,8 +178,8 @@ def test_app_reaches_redis_through_the_sentinels(arch: str, docs: list[dict[str,
         }
     )
     assert app_env(slow)["REDIS_OUTAGE_BUFFER_SECONDS"] == "13"
-    pinned = docs_for({**REPLICATION, "config": {"extraEnv": {"REDIS_OUTAGE_BUFFER_SECONDS": "7"}}})
-    assert "REDIS_OUTAGE_BUFFER_SECONDS" not in app_env(pinned), "config.extraEnv wins"
+    pinned = docs_for({**REPLICATION, "config": {"redisOutageBufferSeconds": 7}})
+    assert "REDIS_OUTAGE_BUFFER_SECONDS" not in app_env(pinned), "config.* (the ConfigMap) wins"
     names = [e["name"] for e in app_container(docs)["env"]]
     assert set(names) >= {"REDIS_URL", "REDIS_PASSWORD", "REDIS_WAIT_REPLICAS"}
 

@@ -72,6 +72,8 @@ REQUIRED_ALERTS = {
     "SocketioAuthFailureSurge": "socketio_connect_errors_total",
     "SocketioRateLimitSurge": "socketio_event_errors_total",
     "SocketioPodAtConnectionCapacity": "socketio_max_connections",
+    "SocketioPodAtCapacity": "socketio_at_capacity",
+    "SocketioRoomAuthHookFailing": "socketio_room_auth_duration_seconds_count",
     "SocketioRedisMemoryNearLimit": "redis_memory_max_bytes",
     "SocketioRedisReplicaLinkDown": "redis_master_link_up",
     "SocketioRedisFailover": "redis_instance_info",
@@ -157,6 +159,7 @@ def test_required_alerts_and_only_real_metrics() -> None:
     assert 'scope="remote"' in rules["SocketioDeliveryLatencyHigh"]["expr"]
     assert 'code="unauthorized"' in rules["SocketioAuthFailureSurge"]["expr"]
     assert 'code="rate_limited"' in rules["SocketioRateLimitSurge"]["expr"]
+    assert 'result="error"' in rules["SocketioRoomAuthHookFailing"]["expr"]
     for rule in rules.values():
         assert metric_names(rule["expr"]) <= EXPORTED | REDIS_EXPORTER, rule["alert"]
 
@@ -237,6 +240,11 @@ def test_dashboard_queries_use_only_exported_metrics() -> None:
             inner = re.fullmatch(r"label_values\((.*), *\w+\)", query)
             assert inner, query
             assert metric_names(inner.group(1)) <= EXPORTED
+    # Every metric of the service has a panel (a new metric without one fails here).
+    for family in sorted(COUNTERS | GAUGES | HISTOGRAMS):
+        if family.startswith("socketio_"):
+            series = {family} | {f"{family}_{suffix}" for suffix in ("bucket", "count")}
+            assert series & used, f"no panel shows {family}"
     # The panels the issue asks for.
     for needed in (
         "socketio_connected_clients",

@@ -108,6 +108,17 @@ app.kubernetes.io/component: redis
 {{- end -}}
 {{- end -}}
 
+{{/* A value as an environment variable the service parses: whole numbers without an exponent
+     (YAML numbers arrive as floats, and 2592000 would print as 2.592e+06), booleans as
+     true/false, the rest as text. */}}
+{{- define "socketio-service.envValue" -}}
+{{- if and (kindIs "float64" .) (eq (floor .) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Container security context shared by the service and its test pod. */}}
 {{- define "socketio-service.containerSecurityContext" -}}
 runAsNonRoot: true
@@ -299,7 +310,7 @@ scaleDown:
 {{- end -}}
 {{- end -}}
 
-{{/* checksum/secrets on the service pods: JWT key, JWT public key, Redis password or URL. */}}
+{{/* checksum/secrets on the service pods: JWT key, JWT public key, admin password, Redis password or URL. */}}
 {{- define "socketio-service.secretsChecksum" -}}
 {{- $parts := list -}}
 {{- if .Values.jwt.existingSecret -}}
@@ -309,6 +320,9 @@ scaleDown:
 {{- end -}}
 {{- with .Values.jwt.publicKeySecret -}}
 {{- $parts = append $parts (include "socketio-service.secretRef" (list $ . $.Values.jwt.publicKeySecretKey)) -}}
+{{- end -}}
+{{- if and .Values.config.adminUi .Values.admin.existingSecret -}}
+{{- $parts = append $parts (include "socketio-service.secretRef" (list . .Values.admin.existingSecret .Values.admin.existingSecretKey)) -}}
 {{- end -}}
 {{- if .Values.redis.enabled -}}
 {{- $parts = append $parts (include "socketio-service.redis.secretChecksum" .) -}}
