@@ -402,6 +402,13 @@ def test_client_address_behind_trusted_proxies() -> None:
     assert client_address("10.0.0.5", ["198.51.100.7, not-an-ip"], trusted) == "10.0.0.5"
     # a spoofed loopback hop left of the proxy's entry is skipped like any trusted one
     assert client_address("10.0.0.5", ["127.0.0.1, 198.51.100.7"], trusted) == "198.51.100.7"
+    # a peer elsewhere cannot claim to be on this host (loopback is exempt from limits and
+    # is what ADMIN_ALLOWED_NETWORKS allows by default)
+    assert client_address("10.1.2.3", ["127.0.0.1"], trusted) == "10.1.2.3"
+    assert client_address("10.1.2.3", ["::1"], trusted) == "10.1.2.3"
+    assert client_address("10.0.0.5", ["127.0.0.1, 10.0.0.9"], trusted) == "10.0.0.9"
+    # a proxy on this host (a sidecar) does vouch for a loopback client
+    assert client_address("127.0.0.1", ["127.0.0.1"], trusted) == "127.0.0.1"
     # IPv6 clients are keyed by their /64
     assert client_address("2001:db8::1", [], trusted) == "2001:db8::/64"
     assert client_address("2001:db8::ffff", [], trusted) == "2001:db8::/64"

@@ -83,6 +83,10 @@ def client_address(peer: str | None, forwarded: list[str], trusted: tuple[Any, .
             hop_ip = _ip(hop)
             if hop_ip is None:
                 break  # garbage: keep the last address a trusted proxy vouched for
+            if hop_ip.is_loopback and not address.is_loopback:
+                # only a proxy on this host can have a loopback client: from anywhere else
+                # it is a spoof (it would unlock the loopback exemptions)
+                break
             address = hop_ip
             if not _trusted(hop_ip, trusted):
                 break
