@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     tool.add_argument("--procs", type=int, default=1, help="load processes")
     tool.add_argument("--sample-every", type=int, default=10, help="time 1 receiver in N (0: none)")
     tool.add_argument("--no-uvloop", action="store_true", help="stock asyncio loop")
+    tool.add_argument(
+        "--aiohttp-websockets",
+        action="store_true",
+        help="websockets on aiohttp's client instead of the raw-frame client",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="results as JSON ('-' for stdout)")
     out.add_argument("--plot", metavar="PNG", help="latency CDF (needs matplotlib)")
@@ -131,6 +136,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         jwt_secret=args.jwt_secret,
         token=args.token,
         fast_loop=not args.no_uvloop,
+        lean=not args.aiohttp_websockets,
         progress=not args.quiet,
     )
 
