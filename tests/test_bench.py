@@ -243,6 +243,7 @@ def test_server_cpu_is_reported_per_pid() -> None:
     ours = median_result(runs)
     assert ours["server_cpu"]["10"] == 0.6 and ours["server_cpu"]["11"] == 0.02
     assert abs(ours["server_cpu"]["total"] - 0.62) < 1e-9
+    assert "server CPU (cores)  0.62" in table([ours])  # the total, not twice it
     text = table([ours])
     assert "ours server CPU by pid (cores): 10=0.60 11=0.02" in text
     single = table([{"target": "one", "deliveries_per_s": 1.0, "server_cpu": {"10": 0.5}}])

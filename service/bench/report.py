@@ -38,6 +38,8 @@ def value(result: dict[str, Any], path: str) -> float | None:
         return float(sum(result.get("errors", {}).values()))
     if path == "server_cpu_total":
         cpu = result.get("server_cpu")
+        if cpu and "total" in cpu:  # a median result: per pid plus their total
+            return float(cpu["total"])
         return float(sum(cpu.values())) if cpu else None
     node: Any = result
     for part in path.split("."):
