@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,14 @@ from engineio import packet as eio_packet
 from service.bench.cli import build_parser, parse_targets
 from service.bench.rawws import OP_CLOSE, OP_PING, OP_TEXT, FrameParser, client_frame
 from service.bench.report import median_result, table
-from service.bench.runner import BenchConfig, Target, _window, run_target, void_measures
+from service.bench.runner import (
+    BenchConfig,
+    Target,
+    _window,
+    run_target,
+    void_measures,
+    wait_idle,
+)
 from service.bench.stats import Reservoir, percentile, summarize
 from service.bench.summary import rows
 from service.bench.wire import Sink, message_text, refusal_code
@@ -188,6 +197,20 @@ def test_saturated_runs_are_void_and_left_out_of_the_table(tmp_path: Path) -> No
     (tmp_path / "s1-200-1.json").unlink()
     table_rows = {r[1]: r for r in rows(sorted(tmp_path.glob("*.json")))}
     assert table_rows["deliveries/s"][2:5] == ["void", "void", "-"]
+
+
+async def test_next_target_waits_until_the_servers_are_idle() -> None:
+    """A server still busy (closing the last run's connections) holds the next run back
+    until it is idle, or until the limit; an idle one does not."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert await wait_idle([busy.pid, idle.pid], quiet=0.2, limit=1.0) >= 1.0
+        assert await wait_idle([idle.pid], quiet=0.2, limit=30.0) < 30.0
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            proc.wait()
 
 
 def test_cli_targets_pids_and_side_by_side_table() -> None:

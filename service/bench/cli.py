@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import median_result, plot, table
-from .runner import BenchConfig, Target, run_target
+from .runner import BenchConfig, Target, run_target, wait_idle
 
 EXAMPLES = """\
 examples:
@@ -144,9 +144,13 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 async def run_all(config: BenchConfig, targets: list[Target], repeat: int) -> dict[str, Any]:
     """Every target ``repeat`` times, interleaved (a, b, a, b) so drift hits both."""
     runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    pids = [pid for t in targets for pid in t.pids]
     for _ in range(max(1, repeat)):
         for target in targets:
-            runs[target.name].append(await run_target(config, target))
+            waited = await wait_idle(pids)  # every server of the run: they share a core
+            result = await run_target(config, target)
+            result["idle_wait_s"] = waited
+            runs[target.name].append(result)
     return runs
 
 

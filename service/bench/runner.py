@@ -308,6 +308,34 @@ def _window(
     result["disconnects"] = sum(sum(r["disconnects"].values()) for r in results)
 
 
+IDLE_CPU = 0.05
+"""A server below this share of a core is idle enough for the next target's run."""
+
+
+async def wait_idle(
+    pids: list[int], quiet: float = 0.3, limit: float = 30.0, threshold: float = IDLE_CPU
+) -> float:
+    """Wait (at most ``limit`` s) until the local servers ``pids`` together use less than
+    ``threshold`` of a core over ``quiet`` s; returns the seconds waited.
+
+    Side by side, the servers share one core: one still closing the previous run's
+    thousands of connections takes that core from the next target while it connects and
+    sends, and the second target read half the connect rate it reads first.
+    """
+    started = time.perf_counter()
+    while pids and time.perf_counter() - started < limit:
+        before = {pid: process_cpu(pid) for pid in pids}
+        await asyncio.sleep(quiet)
+        spent = [
+            after - cpu
+            for pid, cpu in before.items()
+            if cpu is not None and (after := process_cpu(pid)) is not None
+        ]
+        if sum(spent) / quiet < threshold:
+            break
+    return time.perf_counter() - started
+
+
 def void_measures(result: dict[str, Any]) -> list[str]:
     """The measures this run cannot tell: the load tool, not the server, set them.
 

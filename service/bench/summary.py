@@ -27,6 +27,7 @@ METRICS: dict[str, list[tuple[str, str, str, str, str]]] = {
         ("latency p50 ms", "latency_ms.p50", "{:,.1f}", "", "flow"),
         ("latency p99 ms", "latency_ms.p99", "{:,.1f}", "<= 1.0x", "flow"),
         ("server CPU (cores)", "server_cpu_total", "{:.2f}", "", ""),
+        ("deliveries per server CPU-second", "deliveries_per_core", "{:,.0f}", "", ""),
         ("load tool CPU", "load_cpu", "{:.0%}", "", ""),
         ("lost deliveries", "lost", "{:,.0f}", "", ""),
     ],
