@@ -17,9 +17,9 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# plus the test tools and the offline Kubernetes checkers
+# plus the test tools, the offline Kubernetes checkers and the load tool's event loop
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,k8s]'
+	$(BIN)/pip install --quiet -e '.[test,k8s,bench]'
 	touch $@ $(RUN_STAMP)
 
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json

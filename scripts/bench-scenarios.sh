@@ -12,6 +12,8 @@
 # Knobs: PYTHON, OUT, ANCHOR_DIR, REPEAT, SCENARIOS, SERVER_CPU, LOAD_CPU, WARMUP, DURATION,
 # OURS_ENV (extra environment for our service, e.g. "PYTHONOPTIMIZE=1").
 # Senders send without ack ids: the anchor never acks message:send, so both do the same work.
+# Install the `bench` extra (uvloop) first: on one core the load tool needs it to outrun the
+# servers; a run where it could not (a load process above 85 % of its core) is reported void.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -5,14 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from engineio import packet as eio_packet
 
 from service.bench.cli import build_parser, parse_targets
+from service.bench.rawws import OP_CLOSE, OP_PING, OP_TEXT, FrameParser, client_frame
 from service.bench.report import median_result, table
-from service.bench.runner import BenchConfig, Target, _window, run_target
+from service.bench.runner import (
+    BenchConfig,
+    Target,
+    _window,
+    run_target,
+    void_measures,
+    wait_idle,
+)
 from service.bench.stats import Reservoir, percentile, summarize
+from service.bench.summary import rows
 from service.bench.wire import Sink, message_text, refusal_code
 from service.engine.queue import BoundedSendQueue
 from service.engine.transport import ListDeque, WriteThroughQueue, text_frame
@@ -100,6 +112,107 @@ def test_refusal_code_and_text_frame() -> None:
     assert text_frame(b"x" * 70000)[:2] == b"\x81\x7f"
 
 
+def server_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True) -> bytes:
+    """An unmasked server frame with the shortest length encoding."""
+    n = len(payload)
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    if n < 126:
+        head += bytes((n,))
+    elif n < 1 << 16:
+        head += b"\x7e" + n.to_bytes(2, "big")
+    else:
+        head += b"\x7f" + n.to_bytes(8, "big")
+    return head + payload
+
+
+def test_raw_frame_parser_joins_chunks_fragments_and_long_frames() -> None:
+    """Frames split anywhere across reads, 16- and 64-bit lengths and fragmented messages
+    all come out whole and in order; control frames go to their own callback."""
+    messages: list[bytes] = []
+    controls: list[tuple[int, bytes]] = []
+    parser = FrameParser(messages.append, lambda op, data: controls.append((op, data)))
+    stream = (
+        server_frame(b"42a")
+        + server_frame(b"p" * 300)
+        + server_frame(b"ping!", OP_PING)
+        + server_frame(b"first ", OP_TEXT, fin=False)
+        + server_frame(b"second ", 0x0, fin=False)
+        + server_frame(b"last", 0x0)
+        + server_frame(b"L" * 70_000)
+        + server_frame(b"\x03\xe8", OP_CLOSE)
+    )
+    for size in (1, 7, 4096, len(stream)):
+        messages.clear()
+        controls.clear()
+        for i in range(0, len(stream), size):
+            parser.feed(stream[i : i + size])
+        assert messages == [b"42a", b"p" * 300, b"first second last", b"L" * 70_000]
+        assert controls == [(OP_PING, b"ping!"), (OP_CLOSE, b"\x03\xe8")]
+        assert parser.buf == b""
+    with pytest.raises(ValueError):
+        parser.feed(b"\x81\x85abcd12345")  # a server must not mask
+
+
+def unmask(frame: bytes) -> tuple[int, bytes]:
+    n = frame[1] & 0x7F
+    start = 2 + {126: 2, 127: 8}.get(n, 0)
+    if n >= 126:
+        n = int.from_bytes(frame[2:start], "big")
+    assert frame[1] & 0x80, "client frames are masked"
+    mask, body = frame[start : start + 4], frame[start + 4 :]
+    assert len(body) == n
+    return frame[0], bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 5, 125, 126, 300, 70_000])
+def test_raw_client_frames_are_masked_and_round_trip(size: int) -> None:
+    payload = bytes(i % 251 for i in range(size))
+    frame = client_frame(payload)
+    assert unmask(frame) == (0x80 | OP_TEXT, payload)
+    if size:
+        assert client_frame(payload, mask=b"\x01\x02\x03\x04")[-size:] != payload
+
+
+def test_saturated_runs_are_void_and_left_out_of_the_table(tmp_path: Path) -> None:
+    """A run whose load process passed the threshold is void for what it measured: the
+    summary leaves it out of the median and says so, or prints ``void`` when none is left."""
+    assert void_measures({"load_cpu": 0.97, "connect_load_cpu": 0.2}) == ["flow"]
+    assert void_measures({"load_cpu": 0.5, "connect_load_cpu": 0.9}) == ["connect"]
+    assert void_measures({"load_cpu": 0.5}) == []
+
+    def run(target: str, rate: float, void: list[str]) -> dict:
+        return {"target": target, "deliveries_per_s": rate, "load_cpu": 0.5, "void": void}
+
+    for i, (ours, anchor) in enumerate(((100.0, 200.0), (900.0, 50.0))):
+        void = [] if i == 0 else ["flow"]
+        doc = {
+            "targets": {
+                "ours": {"runs": [run("ours", ours, void)]},
+                "anchor": {"runs": [run("anchor", anchor, void)]},
+            }
+        }
+        (tmp_path / f"s1-200-{i + 1}.json").write_text(json.dumps(doc))
+    table_rows = {r[1]: r for r in rows(sorted(tmp_path.glob("*.json")))}
+    assert table_rows["deliveries/s"][2:5] == ["100 (1 void)", "200 (1 void)", "0.50x"]
+    (tmp_path / "s1-200-1.json").unlink()
+    table_rows = {r[1]: r for r in rows(sorted(tmp_path.glob("*.json")))}
+    assert table_rows["deliveries/s"][2:5] == ["void", "void", "-"]
+
+
+async def test_next_target_waits_until_the_servers_are_idle() -> None:
+    """A server still busy (closing the last run's connections) holds the next run back
+    until it is idle, or until the limit; an idle one does not."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert await wait_idle([busy.pid, idle.pid], quiet=0.2, limit=1.0) >= 1.0
+        assert await wait_idle([idle.pid], quiet=0.2, limit=30.0) < 30.0
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            proc.wait()
+
+
 def test_cli_targets_pids_and_side_by_side_table() -> None:
     args = build_parser().parse_args(
         [
@@ -153,6 +266,7 @@ def test_server_cpu_is_reported_per_pid() -> None:
     ours = median_result(runs)
     assert ours["server_cpu"]["10"] == 0.6 and ours["server_cpu"]["11"] == 0.02
     assert abs(ours["server_cpu"]["total"] - 0.62) < 1e-9
+    assert "server CPU (cores)  0.62" in table([ours])  # the total, not twice it
     text = table([ours])
     assert "ours server CPU by pid (cores): 10=0.60 11=0.02" in text
     single = table([{"target": "one", "deliveries_per_s": 1.0, "server_cpu": {"10": 0.5}}])
@@ -176,11 +290,16 @@ def config(**overrides: object) -> BenchConfig:
     return BenchConfig(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("polling", [0.0, 0.5])
-async def test_counts_against_a_real_server(polling: float) -> None:
+@pytest.mark.parametrize(
+    ("polling", "lean"), [(0.0, True), (0.0, False), (0.5, True)], ids=["raw", "aiohttp", "poll"]
+)
+async def test_counts_against_a_real_server(polling: float, lean: bool) -> None:
+    """Both websocket clients (raw frames and aiohttp's) and long-polling count the same."""
     async with running_server(rate_limit_events=1_000_000) as server:
         result = await run_target(
-            config(polling_fraction=polling), Target("ours", [server.url]), log=lambda _: None
+            config(polling_fraction=polling, lean=lean),
+            Target("ours", [server.url]),
+            log=lambda _: None,
         )
     assert result["receivers"] == 6
     assert result["joined"] == 6

@@ -27,9 +27,11 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
+from socketio import base_manager
 
 from service import keys
 from service.engine import Server, versions
+from service.engine.fanout import LocalManager
 from service.engine.queue import BoundedSendQueue
 from service.engine.server import EngineIOServer
 from service.engine.transport import WriteThroughQueue
@@ -156,6 +158,41 @@ def test_aiohttp_request_handler_shape_for_the_header_timeout() -> None:
     for name in ("_parser", "_request_count", "_current_request", "_messages"):
         assert f"self.{name}" in source, f"aiohttp's RequestHandler no longer has {name}"
     assert "self._parser.feed_data(data)" in source
+
+
+def test_socketio_basic_disconnect_the_room_index_follows_is_unchanged() -> None:
+    # RoomIndexMixin.basic_disconnect is this code with the scan of every room replaced by
+    # the socket's own rooms: when it changes, port the change to service/engine/fanout.py
+    assert _digest(base_manager.BaseManager.basic_disconnect) == "2933b50bc4b2ea7b"
+
+
+class _NotToBeScanned(dict):
+    """A room a disconnect must not look at (it is not the socket's)."""
+
+    def __contains__(self, key: object) -> bool:
+        raise AssertionError("a disconnect scanned a room the socket is not in")
+
+
+def test_a_disconnect_leaves_the_sockets_own_rooms_without_scanning_the_others() -> None:
+    """Closing N connections must not cost O(N) each: python-socketio's disconnect tested
+    every room of the namespace; the manager now leaves the socket's own rooms only."""
+    manager = LocalManager()
+    for sid, user in (("s1", "a"), ("s2", "b")):
+        for room in (None, sid, f"user:{user}", "lobby"):
+            manager.basic_enter_room(sid, "/", room, eio_sid=f"e-{sid}")
+    manager.basic_leave_room("s1", "/", "lobby")
+    manager.basic_enter_room("s1", "/", "extra")
+    manager.rooms["/"]["someone-elses"] = _NotToBeScanned(x="e-x")
+    manager.callbacks["s1"] = {1: print}
+    manager.basic_disconnect("s1", "/")
+    rooms = manager.rooms["/"]
+    assert not any("s1" in room for name, room in rooms.items() if name != "someone-elses")
+    assert {"s1", "user:a", "extra"}.isdisjoint(rooms) and "s1" not in manager.callbacks
+    assert dict(rooms["lobby"]) == {"s2": "e-s2"} and dict(rooms[None]) == {"s2": "e-s2"}
+    manager.basic_close_room("lobby", "/")
+    del rooms["someone-elses"]
+    manager.basic_disconnect("s2", "/")
+    assert "/" not in manager.rooms  # the last socket gone: nothing left behind
 
 
 def test_socketio_packet_decode_reports_attachments() -> None:

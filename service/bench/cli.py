@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import median_result, plot, table
-from .runner import BenchConfig, Target, run_target
+from .runner import BenchConfig, Target, run_target, wait_idle
 
 EXAMPLES = """\
 examples:
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     tool.add_argument("--procs", type=int, default=1, help="load processes")
     tool.add_argument("--sample-every", type=int, default=10, help="time 1 receiver in N (0: none)")
     tool.add_argument("--no-uvloop", action="store_true", help="stock asyncio loop")
+    tool.add_argument(
+        "--aiohttp-websockets",
+        action="store_true",
+        help="websockets on aiohttp's client instead of the raw-frame client",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="results as JSON ('-' for stdout)")
     out.add_argument("--plot", metavar="PNG", help="latency CDF (needs matplotlib)")
@@ -131,6 +136,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         jwt_secret=args.jwt_secret,
         token=args.token,
         fast_loop=not args.no_uvloop,
+        lean=not args.aiohttp_websockets,
         progress=not args.quiet,
     )
 
@@ -138,9 +144,13 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 async def run_all(config: BenchConfig, targets: list[Target], repeat: int) -> dict[str, Any]:
     """Every target ``repeat`` times, interleaved (a, b, a, b) so drift hits both."""
     runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    pids = [pid for t in targets for pid in t.pids]
     for _ in range(max(1, repeat)):
         for target in targets:
-            runs[target.name].append(await run_target(config, target))
+            waited = await wait_idle(pids)  # every server of the run: they share a core
+            result = await run_target(config, target)
+            result["idle_wait_s"] = waited
+            runs[target.name].append(result)
     return runs
 
 

@@ -36,8 +36,13 @@ def value(result: dict[str, Any], path: str) -> float | None:
     """A number at ``a.b`` in ``result`` (derived keys included), or None."""
     if path == "error_count":
         return float(sum(result.get("errors", {}).values()))
+    if path == "deliveries_per_core":  # deliveries per second of server CPU
+        rate, cpu = value(result, "deliveries_per_s"), value(result, "server_cpu_total")
+        return rate / cpu if rate and cpu else None
     if path == "server_cpu_total":
         cpu = result.get("server_cpu")
+        if cpu and "total" in cpu:  # a median result: per pid plus their total
+            return float(cpu["total"])
         return float(sum(cpu.values())) if cpu else None
     node: Any = result
     for part in path.split("."):

@@ -45,6 +45,7 @@ class BenchConfig:
     jwt_secret: str = ""
     token: str = ""
     fast_loop: bool = True
+    lean: bool = True
     progress: bool = True
 
     def token_for(self, user: str) -> str:
@@ -85,6 +86,7 @@ def make_plans(config: BenchConfig, target: Target) -> list[Plan]:
             path=config.path,
             message_timeout=config.message_timeout,
             acks=config.acks,
+            lean=config.lean,
         )
         for k in range(procs)
     ]
@@ -174,8 +176,15 @@ async def run_target(
     rss_before = {pid: process_rss_kib(pid) for pid in target.pids}
     try:
         started = time.perf_counter()
+        server0 = {pid: process_cpu(pid) for pid in target.pids}
         connected = await _all(workers, "connect")
         result["connect_wall_s"] = time.perf_counter() - started
+        server1 = {pid: process_cpu(pid) for pid in target.pids}
+        spent = [
+            b - a for p, a in server0.items() if a is not None and (b := server1[p]) is not None
+        ]
+        if spent and result["connect_wall_s"] > 0:
+            result["connect_server_cpu"] = sum(spent) / result["connect_wall_s"]
         n = sum(c["connected"] for c in connected)
         elapsed = max(c["elapsed"] for c in connected)
         result["receivers"] = n
@@ -225,6 +234,9 @@ async def run_target(
         for worker in workers:
             worker.join_process()
     result["warnings"] = _warnings(result)
+    result["void"] = void_measures(result)
+    for name in result["void"]:
+        log(f"[{target.name}] VOID: the load tool was saturated: its {name} figures are its own")
     for warning in result["warnings"]:
         log(f"[{target.name}] warning: {warning}")
     return result
@@ -294,6 +306,49 @@ def _window(
     result["timeouts"] = sum(r["timeouts"] for r in results)
     result["errors"] = dict(sum((Counter(r["errors"]) for r in results), Counter()))
     result["disconnects"] = sum(sum(r["disconnects"].values()) for r in results)
+
+
+IDLE_CPU = 0.05
+"""A server below this share of a core is idle enough for the next target's run."""
+
+
+async def wait_idle(
+    pids: list[int], quiet: float = 0.3, limit: float = 30.0, threshold: float = IDLE_CPU
+) -> float:
+    """Wait (at most ``limit`` s) until the local servers ``pids`` together use less than
+    ``threshold`` of a core over ``quiet`` s; returns the seconds waited.
+
+    Side by side, the servers share one core: one still closing the previous run's
+    thousands of connections takes that core from the next target while it connects and
+    sends, and the second target read half the connect rate it reads first.
+    """
+    started = time.perf_counter()
+    while pids and time.perf_counter() - started < limit:
+        before = {pid: process_cpu(pid) for pid in pids}
+        await asyncio.sleep(quiet)
+        spent = [
+            after - cpu
+            for pid, cpu in before.items()
+            if cpu is not None and (after := process_cpu(pid)) is not None
+        ]
+        if sum(spent) / quiet < threshold:
+            break
+    return time.perf_counter() - started
+
+
+def void_measures(result: dict[str, Any]) -> list[str]:
+    """The measures this run cannot tell: the load tool, not the server, set them.
+
+    ``flow`` (deliveries/s, latency) when a load process passed :data:`SATURATED_CPU` during
+    the window; ``connect`` (connections/s) when it did while connecting. Memory per
+    connection does not depend on how fast the tool is, so it is never void.
+    """
+    out = []
+    if (result.get("load_cpu") or 0) > SATURATED_CPU:
+        out.append("flow")
+    if (result.get("connect_load_cpu") or 0) > SATURATED_CPU:
+        out.append("connect")
+    return out
 
 
 def _warnings(result: dict[str, Any]) -> list[str]:

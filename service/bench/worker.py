@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from .rawws import RawConnection
 from .stats import Reservoir, cpu_seconds
 from .wire import Connection, HandshakeError, Sink, message_text
 
@@ -48,6 +49,8 @@ class Plan:
     message_timeout: float = 5.0
     acks: bool = True
     reservoir: int = 200_000
+    lean: bool = True
+    """Websockets on the raw-frame client (:mod:`.rawws`) instead of aiohttp's."""
 
 
 class SenderLoop:
@@ -224,7 +227,7 @@ class Worker:
         async def open_one(spec: tuple[str, int, str, str], index: int) -> None:
             url, _room, token, transport = spec
             assert self.session is not None
-            conn = Connection(self.session, url, token, transport, self.plan.path)
+            conn = self._connection(url, token, transport)
             async with semaphore:
                 t0 = time.perf_counter()
                 try:
@@ -246,7 +249,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds() - cpu0
         for sender_id, url, room, token in self.plan.senders:
-            conn = Connection(self.session, url, token, "websocket", self.plan.path)
+            conn = self._connection(url, token, "websocket")
             try:
                 await conn.connect()
             except (HandshakeError, TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -264,6 +267,12 @@ class Worker:
             "cpu": cpu,
             "handshake_ms": handshakes.values,
         }
+
+    def _connection(self, url: str, token: str, transport: str) -> Connection:
+        if transport == "websocket" and self.plan.lean:
+            return RawConnection(url, token, self.plan.path)
+        assert self.session is not None
+        return Connection(self.session, url, token, transport, self.plan.path)
 
     @staticmethod
     def _untimed(frame: Any) -> Any:
