@@ -31,6 +31,18 @@ SECRET = "test-secret-0123456789-abcdefghijklmnop"
 WEBSOCKET_DRIVER = os.environ.get("WEBSOCKET_DRIVER", "fast").strip().lower() or "fast"
 
 
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
+    """Stop a helper process (a proxy, Prometheus, a Redis): SIGTERM, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

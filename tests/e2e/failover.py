@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from ..helpers import free_port
+from ..helpers import free_port, terminate
 from ..redis_server import RedisServer, server_binary
 from .lb import Backend, HAProxy
 from .topology import Instance
@@ -64,13 +64,7 @@ class Sentinel:
         return redis.Redis(port=self.port, socket_timeout=1, decode_responses=True)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, 5)
 
 
 def _redis(workdir: Path, port: int | None, *extra: str) -> RedisServer:

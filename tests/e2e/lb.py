@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from ..helpers import ROOT, free_port, require_tool
+from ..helpers import ROOT, free_port, require_tool, terminate
 
 CHART = ROOT / "helm" / "socketio-service"
 BACKEND = "socketio"
@@ -215,13 +215,7 @@ class HAProxy:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, 5)
 
 
 @contextlib.asynccontextmanager

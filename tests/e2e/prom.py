@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..helpers import ROOT, free_port, require_tool
+from ..helpers import ROOT, free_port, require_tool, terminate
 
 DASHBOARD = ROOT / "k8s" / "base" / "dashboards" / "socketio-service.json"
 PROMETHEUS_RULE = ROOT / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
@@ -228,10 +228,4 @@ class Prometheus:
         return self.api("alerts")["alerts"]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, 10)
