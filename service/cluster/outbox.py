@@ -89,10 +89,6 @@ class Outbox:
         self._outage_since: float | None = None
         self._flusher: asyncio.Task[None] | None = None
 
-    @property
-    def buffered(self) -> int:
-        return len(self._queue)
-
     async def post(self, room_id: str, message: Message) -> Ack:
         """Store, publish and deliver locally; return the ack's fields (``id``, maybe
         ``replicated: false``). Raises :class:`HistoryUnavailable` when it cannot be stored
