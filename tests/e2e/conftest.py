@@ -3,15 +3,13 @@ test is done, so it does not idle behind the other suites), healed before every 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from ..helpers import ROOT, require_tool
+from ..helpers import require_tool
+from ..jsclient import node_binary
 from .topology import Topology
-
-JS_DIR = ROOT / "tests" / "js"
 
 
 @pytest.fixture(scope="package")
@@ -33,10 +31,4 @@ def topology(topology_session: Topology) -> Topology:
 @pytest.fixture(scope="session")
 def node() -> str:
     """The ``node`` binary, with the official socket.io-client installed in tests/js."""
-    binary = require_tool("node", "install Node.js 18+")
-    if not (JS_DIR / "node_modules" / "socket.io-client").is_dir():
-        message = "run: npm ci --prefix tests/js"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
+    return node_binary()

@@ -23,7 +23,7 @@ import socketio
 from yarl import URL
 
 from ..helpers import Client, connect, token
-from .conftest import JS_DIR
+from ..jsclient import JS_DIR
 from .topology import Topology
 
 pytestmark = pytest.mark.slow
