@@ -4,7 +4,9 @@
 ``redis-server`` (one master, two ``--replicaof`` it) and three Sentinels (``redis-server
 --sentinel``, quorum 2, ``down-after-milliseconds 1000``, ``failover-timeout 4000``); the pods
 use ``redis+sentinel://`` and ``REDIS_WAIT_REPLICAS=1``. ``standalone`` mode is one
-``redis-server`` with AOF (the chart's default architecture). Pods run with the production
+``redis-server`` (the chart's default architecture). Every server runs with the chart's AOF
+settings (``appendfsync always``: with ``everysec`` a SIGKILL while the disk is slow loses
+writes Redis had already answered, see docs/reliability.md). Pods run with the production
 ``PING_TIMEOUT`` (20 s) and the default ``REDIS_OUTAGE_BUFFER_SECONDS`` (5).
 
 Synchronous like :mod:`.topology`; tests call the blocking parts through ``asyncio.to_thread``.
@@ -68,7 +70,7 @@ class Sentinel:
 
 
 def _redis(workdir: Path, port: int | None, *extra: str) -> RedisServer:
-    return RedisServer(workdir, port, "--appendonly", "yes", "--appendfsync", "everysec", *extra)
+    return RedisServer(workdir, port, "--appendonly", "yes", "--appendfsync", "always", *extra)
 
 
 @dataclass

@@ -188,7 +188,21 @@ async def converge(room: Room, timeout: float = 15) -> None:
     await asyncio.sleep(0.5)  # a late duplicate would show by now
 
 
-def report(room: Room, event: str, fault_at: float, ended_at: float) -> dict[str, Any]:
+async def stream_ids(topology: FailoverTopology, room: Room) -> set[str]:
+    """The ids the room's stream holds on the master (where a missing message was lost)."""
+    master = aioredis.Redis(port=await asyncio.to_thread(topology.master_port))
+    try:
+        ids: set[str] = set()
+        async for key in master.scan_iter(match=f"*:history:{{{room.name}}}"):
+            ids.update(entry_id.decode() for entry_id, _ in await master.xrange(key))
+        return ids
+    finally:
+        await master.aclose()
+
+
+def report(
+    room: Room, event: str, fault_at: float, ended_at: float, stored: set[str]
+) -> dict[str, Any]:
     sent_after = {s.ack.get("id"): s for s in room.sent if s.at >= fault_at and s.ack.get("ok")}
     back = [
         when - fault_at
@@ -225,6 +239,19 @@ def report(room: Room, event: str, fault_at: float, ended_at: float) -> dict[str
         "acked_stored_missing_for_some_member": sum(
             1 for s in missing if s.ack.get("stored") is not False
         ),
+        "missing": [
+            {
+                "id": s.ack["id"],
+                "pod": s.pod,
+                "sent_s": round(s.at - fault_at, 2),
+                "acked_s": round(s.acked_at - fault_at, 2),
+                "in_stream": s.ack["id"] in stored,
+                "not_on": sorted(
+                    m.pod for m in room.members if s.ack["id"] not in {i for i, _ in m.received}
+                ),
+            }
+            for s in missing
+        ],
         "duplicates": duplicates,
         "not_ready_samples": len(room.not_ready),
         "lb_degraded_samples": room.lb_degraded,
@@ -250,7 +277,7 @@ async def run_event(
         await fault()
         ended_at = time.monotonic()
         await asyncio.sleep(4)  # traffic after the event
-    data = report(room, name, fault_at, ended_at)
+    data = report(room, name, fault_at, ended_at, await stream_ids(topology, room))
     write_report(f"failover-{name}", data)
     await asyncio.to_thread(topology.heal)
     return data

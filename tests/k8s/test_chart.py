@@ -603,7 +603,7 @@ def test_redis_statefulset(objects: list[dict[str, Any]], value_set: str) -> Non
     assert redis["readinessProbe"]["exec"]["command"][-2:] == ["ready", "redis"]
     assert not redis["image"].endswith(":latest") and ":" in redis["image"]
     conf = one(objects, "ConfigMap", REDIS)["data"]["redis.conf"]
-    assert "appendonly yes" in conf
+    assert "appendonly yes" in conf and "appendfsync always" in conf, "acks survive a crash"
     assert "requirepass" not in conf, "the password must not sit in a ConfigMap"
     assert "PASSWORD" not in " ".join(redis["command"]), "the password is in a file, not in ps"
     [secret] = [v["secret"] for v in spec["volumes"] if "secret" in v]

@@ -690,6 +690,7 @@ def test_rendered_config_runs_on_a_real_server(
     assert int(config["maxmemory"]) == 256 * 2**20 * 75 // 100
     assert config["maxmemory-policy"] == "volatile-lru"
     assert config["appendonly"] == "yes" and config["save"] == ""
+    assert config["appendfsync"] == "always"
     assert pod.script("ready", "redis").returncode == 0
 
 
