@@ -24,6 +24,7 @@ from .lifecycle import close_transports, monitor_event_loop
 from .metrics import Metrics
 from .stores import Backend, Stores, build_backend
 from .stores.history import RedisHistory
+from .stores.ratelimit import RedisRateLimiter
 
 FRAME_OVERHEAD_BYTES = 16 * 1024
 """Room for JSON framing around the largest allowed message in one Engine.IO packet."""
@@ -68,7 +69,8 @@ def create_app(
         install_connect_pid(sio, namespace.namespace, namespace.pid_for)
     if backend.cluster is not None and isinstance(stores.history, RedisHistory):
         backend.cluster.sequencer = Sequencer(stores.history, deliver_to_room(namespace.emit))
-        namespace.poster = Outbox(stores.history, backend.cluster, settings)
+        limiter = stores.limiter if isinstance(stores.limiter, RedisRateLimiter) else None
+        namespace.poster = Outbox(stores.history, backend.cluster, settings, limiter)
     sio.attach(app)
     installed = engine.install(app, sio, settings, metrics)
     guard = installed.guard

@@ -34,6 +34,7 @@ from .recovery import with_offset as recovery_args
 from .rooms import RoomAccess
 from .stores import Stores
 from .stores.history import HistoryUnavailable
+from .stores.ratelimit import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,11 @@ class Session:
 
 class MessagePoster(Protocol):
     """Cluster mode's ``message:send``: store, publish and deliver in one step
-    (:class:`service.cluster.outbox.Outbox`); raises ``HistoryUnavailable`` to fall back."""
+    (:class:`service.cluster.outbox.Outbox`); raises ``HistoryUnavailable`` to fall back,
+    and ``RateLimited`` when it takes the sender's token itself (``charges_rate_limit``)."""
+
+    @property
+    def charges_rate_limit(self) -> bool: ...
 
     async def post(self, room_id: str, message: dict[str, Any]) -> Ack: ...
 
@@ -75,6 +80,10 @@ class Gate:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def rate_limited(wait: float) -> p.EventError:
+    return p.EventError("rate_limited", "too many events", retryAfterMs=math.ceil(wait * 1000))
 
 
 class ChatNamespace(socketio.AsyncNamespace):
@@ -146,11 +155,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             session = self.sessions.get(sid)
             if session is None:
                 raise p.EventError("internal", "not connected")
-            wait = await self.stores.limiter.acquire(session.user_id)
-            if wait > 0:
-                raise p.EventError(
-                    "rate_limited", "too many events", retryAfterMs=math.ceil(wait * 1000)
-                )
+            if event != p.MESSAGE_SEND or not self._send_pays_on_store():
+                await self._take_token(session)
             handler = self._handlers.get(event)
             if handler is None:
                 raise p.EventError("unknown_event", "unknown event")
@@ -165,6 +171,16 @@ class ChatNamespace(socketio.AsyncNamespace):
             return p.EventError("internal", "internal error").ack()
         finally:
             self.metrics.event_duration.labels(event=label).observe(time.perf_counter() - started)
+
+    async def _take_token(self, session: Session) -> None:
+        """Every client event costs one token of its user's bucket."""
+        wait = await self.stores.limiter.acquire(session.user_id)
+        if wait > 0:
+            raise rate_limited(wait)
+
+    def _send_pays_on_store(self) -> bool:
+        """``message:send`` takes its token in the script that stores it (one round trip)."""
+        return self.poster is not None and self.poster.charges_rate_limit
 
     @property
     def reply_budget(self) -> int:
@@ -327,9 +343,14 @@ class ChatNamespace(socketio.AsyncNamespace):
     # -- messages ---------------------------------------------------------------------------
 
     async def send_message(self, sid: str, session: Session, payload: Any) -> Ack:
-        request = p.room_message(payload, self.settings.max_message_bytes)
-        if request.room_id not in session.rooms:
-            raise p.EventError("not_in_room", "join the room first")
+        try:
+            request = p.room_message(payload, self.settings.max_message_bytes)
+            if request.room_id not in session.rooms:
+                raise p.EventError("not_in_room", "join the room first")
+        except p.EventError:
+            if self._send_pays_on_store():
+                await self._take_token(session)  # a refused event costs a token too
+            raise
         message = {
             "roomId": request.room_id,
             "userId": session.user_id,
@@ -338,7 +359,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         }
         try:
             if self.poster is not None:
-                ack = await self.poster.post(request.room_id, message)
+                try:
+                    ack = await self.poster.post(request.room_id, message)
+                except RateLimited as exc:
+                    raise rate_limited(exc.wait) from None
                 self.metrics.messages_stored.inc()
                 return ack
             stored = await self.stores.history.append(request.room_id, message)

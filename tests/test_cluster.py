@@ -179,6 +179,40 @@ async def test_rate_limit_is_cluster_wide(redis_url, clients):
         assert (await on_a.call("join:room", "r"))["error"]["code"] == "rate_limited"
 
 
+async def test_a_message_takes_its_token_in_the_store_script(redis_url, clients):
+    """``message:send`` pays its token inside the script that stores it (one round trip), from
+    the same cluster-wide bucket as every other event; a refused send pays too, and a send
+    refused for rate stores nothing."""
+    async with cluster(redis_url, rate_limit_events=8, rate_limit_window_seconds=600) as (a, b):
+        on_a = await connect(a.url, "alice")  # handshake: 1 token
+        on_b = await connect(b.url, "alice")  # handshake: 1 token
+        clients += [on_a, on_b]
+        assert (await on_a.call("join:room", "paid"))["ok"]  # 1 token
+        answers = []
+        for n in range(2):  # 4 tokens: a stored message, then an invalid one, twice
+            answers.append(await on_a.call("message:send", {"roomId": "paid", "message": f"{n}"}))
+            answers.append(await on_a.call("message:send", {"roomId": "paid"}))
+        answers.append(await on_a.call("message:send", {"roomId": "paid", "message": "2"}))
+        assert [a.get("ok") or a["error"]["code"] for a in answers] == [
+            True,
+            "invalid_payload",
+            True,
+            "invalid_payload",
+            True,  # the 8th token
+        ]
+        assert (await on_b.call("join:room", "paid"))["error"]["code"] == "rate_limited"
+        refused = await on_a.call("message:send", {"roomId": "paid", "message": "over"})
+        assert refused["error"]["code"] == "rate_limited" and refused["error"]["retryAfterMs"] > 0
+        history = await on_a.call("history:get", {"roomId": "paid"})
+        assert history["error"]["code"] == "rate_limited"  # the bucket is empty for reads too
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            stored = [e[1][b"m"] for e in await client.xrange("sio:history:{paid}")]
+        finally:
+            await client.aclose()
+        assert [json.loads(m)["message"] for m in stored] == ["0", "1", "2"]
+
+
 async def test_presence_of_a_killed_instance_expires(redis_url, clients):
     async with cluster(redis_url, count=1, presence_ttl_seconds=3) as (a,):
         doomed = spawn_service(env={"REDIS_URL": redis_url, "PRESENCE_TTL_SECONDS": "3"})

@@ -284,11 +284,13 @@ async def test_remote_delivery_and_redis_metrics_move(redis_url, clients):
         def delta(got: Scrape, before: Scrape, name: str, **labels: str) -> float:
             return got.value(name, **labels) - before.value(name, **labels)
 
-        # the sender's instance delivered locally; storing and publishing was one round trip
+        # the sender's instance delivered locally; its token, storing and publishing took one
+        # round trip
         assert delta(got_a, before_a, "socketio_delivery_latency_seconds_count", scope="local") == 1
         redis_ops = "socketio_redis_command_duration_seconds_count"
         assert delta(got_a, before_a, redis_ops, op="history_append") == 1
         assert delta(got_a, before_a, redis_ops, op="publish") == 0
+        assert delta(got_a, before_a, redis_ops, op="rate_limit") == 0
         # the other instance heard it through Redis: one remote observation for two sockets
         assert (
             delta(got_b, before_b, "socketio_delivery_latency_seconds_count", scope="remote") == 1

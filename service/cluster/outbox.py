@@ -20,6 +20,11 @@ ack is held, its next packets (pongs included) wait behind it.
 
 ``REDIS_WAIT_REPLICAS=N``: the script is followed by ``WAIT N`` on the same connection in the
 same round trip; an ack whose wait timed out says ``replicated: false``.
+
+With a ``limiter`` (not on Redis Cluster, where the user's bucket and the room live in different
+slots) the script also takes the sender's rate-limit token, so a message costs one round trip;
+a message that does not reach the script takes its token from the local bucket instead (the
+limiter's own fallback while Redis is down), so an outage never lifts the limit.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 from ..config import Settings
 from ..protocol import room_channel
 from ..stores.history import HistoryFull, HistoryUnavailable, Message, RedisHistory
+from ..stores.ratelimit import Charge, RateLimited, RedisRateLimiter
 from .manager import RedisManager
 
 log = logging.getLogger(__name__)
@@ -70,9 +76,16 @@ class _Pending:
 class Outbox:
     """``post()`` for ``message:send`` in cluster mode (see the module docstring)."""
 
-    def __init__(self, history: RedisHistory, manager: RedisManager, settings: Settings) -> None:
+    def __init__(
+        self,
+        history: RedisHistory,
+        manager: RedisManager,
+        settings: Settings,
+        limiter: RedisRateLimiter | None = None,
+    ) -> None:
         self.history = history
         self.manager = manager
+        self.limiter = None if manager.sharded else limiter
         # a held ack holds that client's next packets too (one client's events are handled
         # in order), its pongs included: the connection must not hit PING_TIMEOUT meanwhile
         self.window = min(
@@ -89,27 +102,48 @@ class Outbox:
         self._outage_since: float | None = None
         self._flusher: asyncio.Task[None] | None = None
 
+    @property
+    def charges_rate_limit(self) -> bool:
+        """Whether :meth:`post` takes the sender's rate-limit token (the caller must not)."""
+        return self.limiter is not None
+
     async def post(self, room_id: str, message: Message) -> Ack:
         """Store, publish and deliver locally; return the ack's fields (``id``, maybe
         ``replicated: false``). Raises :class:`HistoryUnavailable` when it cannot be stored
-        in time (the caller delivers locally and acks ``stored: false``)."""
+        in time (the caller delivers locally and acks ``stored: false``), and
+        :class:`RateLimited` when the sender has no token left (nothing sent)."""
         nonce = self.history.nonce()
         tried_at: int | None = None
         began = time.monotonic()  # a failed try's time counts against the window
         if not self._queue and self.manager.available:
             tried_at = _now_ms()
+            charge = self.limiter.charge(message["userId"]) if self.limiter else None
             try:
-                return await self._store(room_id, message, nonce, None)
+                return await self._store(room_id, message, nonce, None, charge)
             except HistoryFull:
+                self._take_locally(message)
                 raise
             except HistoryUnavailable as exc:
                 log.warning(
                     "store failed, buffering", extra={"event": "redis_outage", "error": str(exc)}
                 )
+        self._take_locally(message)
         return await self._buffer(_Pending(room_id, message, nonce, 0, tried_at), began)
 
+    def _take_locally(self, message: Message) -> None:
+        """The token of a message the script did not run for, from the local bucket."""
+        if self.limiter is not None:
+            wait = self.limiter.fallback.take(message["userId"])
+            if wait > 0:
+                raise RateLimited(wait)
+
     async def _store(
-        self, room_id: str, message: Message, nonce: str, tried_at_ms: int | None
+        self,
+        room_id: str,
+        message: Message,
+        nonce: str,
+        tried_at_ms: int | None,
+        charge: Charge | None = None,
     ) -> Ack:
         posted = await self.history.post(
             room_id,
@@ -120,6 +154,7 @@ class Outbox:
             dedupe_from_ms=tried_at_ms - DEDUPE_MARGIN_MS if tried_at_ms is not None else None,
             wait_replicas=self.wait_replicas,
             wait_timeout_ms=self.wait_timeout_ms,
+            charge=charge,
         )
         self._outage_since = None
         if self.manager.sequencer is not None:

@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError
 from .. import wirejson
 from ..protocol import format_id, id_after, id_before, parse_id
 from .link import REDIS_ERRORS, RedisLink
+from .ratelimit import TAKE_TOKEN_LUA, Charge, RateLimited
 
 Message = dict[str, Any]
 
@@ -135,8 +136,10 @@ class Posted:
 
 
 # KEYS: stream, dropped-marker.
+# KEYS: stream, newest dropped id, and optionally the sender's rate-limit bucket.
 # ARGV: message JSON, size, ttl seconds, nonce, dedupe-from id ("" = no check), channel
-# ("" = store only), publish command (PUBLISH or SPUBLISH), room name as a JSON string.
+# ("" = store only), publish command (PUBLISH or SPUBLISH), room name as a JSON string, and
+# with a bucket its capacity and tokens per millisecond.
 # One atomic step: store, trim, expire, publish. Every instance sees a message on the channel
 # exactly when it is in the stream, and the published payload names the entry before it, so a
 # listener notices a gap. The channel carries the room in the same hash tag as the keys, so the
@@ -145,7 +148,13 @@ class Posted:
 # "nothing missed" from "gap older than what is kept" (XADD MAXLEN does not record it).
 # The nonce (field ``n``) lets a retry after an uncertain failure (a timeout: the first try may
 # still run when a frozen Redis resumes) find the first try instead of storing twice.
-_POST_SCRIPT = """
+# With a bucket, the sender's token is taken first (after the dedupe: a retry that finds its
+# first try pays nothing), so ``message:send`` costs one round trip; an empty bucket stores
+# nothing and returns the wait in ms as a fourth element. Only where the bucket and the room
+# may share a script (not on Redis Cluster: different slots).
+_POST_SCRIPT = (
+    TAKE_TOKEN_LUA
+    + """
 if ARGV[5] ~= '' then
   local recent = redis.call('XRANGE', KEYS[1], ARGV[5], '+', 'COUNT', 2000)
   for i = #recent, 1, -1 do
@@ -156,6 +165,10 @@ if ARGV[5] ~= '' then
       end
     end
   end
+end
+if KEYS[3] then
+  local wait = take_token(KEYS[3], tonumber(ARGV[9]), tonumber(ARGV[10]))
+  if wait > 0 then return {'', '', 0, tostring(wait)} end
 end
 local prev = ''
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -176,6 +189,7 @@ if ARGV[6] ~= '' then
 end
 return {id, prev, 0}
 """
+)
 
 
 class RedisHistory:
@@ -219,15 +233,17 @@ class RedisHistory:
         dedupe_from_ms: int | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 0,
+        charge: Charge | None = None,
     ) -> Posted:
         """Store ``message`` and, with a ``channel``, publish it there in the same script.
 
         ``dedupe_from_ms``: an earlier try of this nonce may have been stored from then on;
         if so, return that entry (``duplicate``) and write nothing. ``wait_replicas``: send
         ``WAIT`` on the same connection, in the same round trip, and report how many replicas
-        acknowledged.
+        acknowledged. ``charge``: take the sender's token first; raises :class:`RateLimited`
+        (nothing stored) when the bucket is empty.
         """
-        keys = self._keys(room_id)
+        keys: tuple[str, ...] = self._keys(room_id)
         body = wirejson.dumps(message)
         args = [
             body,
@@ -239,6 +255,9 @@ class RedisHistory:
             "SPUBLISH" if sharded else "PUBLISH",
             json.dumps(f"room:{room_id}"),
         ]
+        if charge is not None:
+            keys = (*keys, charge.key)
+            args += [charge.capacity, charge.rate_per_ms]
         replicas: int | None = None
         with self._metrics.redis_op("history_append"), _unavailable_on_error():
             if wait_replicas > 0:
@@ -247,11 +266,13 @@ class RedisHistory:
                 )
             else:
                 result = await self._post(keys=list(keys), args=args)
-        raw_id, prev, duplicate = result
+        raw_id, prev, duplicate, *limited = result
+        if limited:
+            raise RateLimited(float(_text(limited[0])) / 1000)
         return Posted({"id": _text(raw_id), **message}, _text(prev), bool(int(duplicate)), replicas)
 
     async def _post_and_wait(
-        self, keys: tuple[str, str], args: list[Any], replicas: int, timeout_ms: int
+        self, keys: tuple[str, ...], args: list[Any], replicas: int, timeout_ms: int
     ) -> tuple[Any, int]:
         """The script and ``WAIT`` pipelined on one connection: WAIT counts the replicas that
         have this connection's writes, so it must follow the script on the same one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..tokenbucket import TokenBuckets
@@ -24,27 +25,53 @@ class MemoryRateLimiter(TokenBuckets):
         return self.take(user_id)
 
 
-# KEYS: bucket; ARGV: capacity, tokens per millisecond. Returns the wait in ms as a string.
-# Time comes from Redis so every instance agrees on the refill.
-_TAKE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(bucket[1]) or capacity
-local ts = tonumber(bucket[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens < 1 then
-  wait = (1 - tokens) / rate
-else
-  tokens = tokens - 1
+# One token from the bucket at ``key``: returns the wait in ms (0: taken). Time comes from Redis
+# so every instance agrees on the refill. Shared by the rate-limit script and the script that
+# stores a room message (``message:send`` takes its token in the same round trip).
+TAKE_TOKEN_LUA = """
+local function take_token(key, capacity, rate)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local bucket = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(bucket[1]) or capacity
+  local ts = tonumber(bucket[2]) or now
+  tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+  local wait = 0
+  if tokens < 1 then
+    wait = (1 - tokens) / rate
+  else
+    tokens = tokens - 1
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(capacity / rate) + 1000)
+  return wait
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
-return tostring(wait)
 """
+
+# KEYS: bucket; ARGV: capacity, tokens per millisecond. Returns the wait in ms as a string.
+_TAKE_SCRIPT = (
+    TAKE_TOKEN_LUA
+    + """
+return tostring(take_token(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])))
+"""
+)
+
+
+class RateLimited(Exception):
+    """No token left: retry after ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate limited for {wait:.3f} s")
+        self.wait = wait
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One token of a user's shared bucket, for a script that takes it with its own work."""
+
+    key: str
+    capacity: int
+    rate_per_ms: str
 
 
 class RedisRateLimiter:
@@ -62,14 +89,18 @@ class RedisRateLimiter:
         self._take = link.redis.register_script(_TAKE_SCRIPT)
         self.fallback = MemoryRateLimiter(events, window_seconds)
 
+    def charge(self, user_id: str) -> Charge:
+        """The token ``user_id``'s next event costs, for a script to take with its work."""
+        return Charge(self._link.key("ratelimit", user_id), self._capacity, repr(self._rate_per_ms))
+
     async def acquire(self, user_id: str) -> float:
         if not self._link.available():
             return self.fallback.take(user_id)
+        charge = self.charge(user_id)
         try:
             with self._metrics.redis_op("rate_limit"):
                 wait_ms = await self._take(
-                    keys=[self._link.key("ratelimit", user_id)],
-                    args=[self._capacity, repr(self._rate_per_ms)],
+                    keys=[charge.key], args=[charge.capacity, charge.rate_per_ms]
                 )
         except Exception:
             return self.fallback.take(user_id)
