@@ -135,7 +135,6 @@ class Posted:
     """How many replicas acknowledged the write (``WAIT``), when asked for."""
 
 
-# KEYS: stream, dropped-marker.
 # KEYS: stream, newest dropped id, and optionally the sender's rate-limit bucket.
 # ARGV: message JSON, size, ttl seconds, nonce, dedupe-from id ("" = no check), channel
 # ("" = store only), publish command (PUBLISH or SPUBLISH), room name as a JSON string, and
