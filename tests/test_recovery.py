@@ -308,6 +308,26 @@ async def test_memory_sessions_expire_and_are_taken_once():
     assert await store.take("p4") == {"u": "d", "r": {"x": "2-0"}}
 
 
+async def test_memory_sessions_stay_bounded_and_drop_the_oldest(monkeypatch):
+    """The embedded store keeps at most MAX_MEMORY_SESSIONS records, dropping the oldest, and
+    frees expired ones as it is written (a drain saves one record per connected socket)."""
+    from service.stores import sessions
+
+    monkeypatch.setattr(sessions, "MAX_MEMORY_SESSIONS", 100)
+    store = MemorySessions()
+    for n in range(250):
+        await store.save(f"p{n}", {"u": f"u{n}", "r": {}}, 60)
+    assert [await store.take(f"p{n}") for n in (0, 149)] == [None, None]
+    assert await store.take("p150") == {"u": "u150", "r": {}}
+    assert await store.take("p249") == {"u": "u249", "r": {}}
+    short = MemorySessions()
+    for n in range(50):
+        await short.save(f"s{n}", {"u": "a", "r": {}}, 0.01)
+    await asyncio.sleep(0.05)
+    await short.save("fresh", {"u": "b", "r": {}}, 60)
+    assert len(short._records) == 1, "expired records are dropped by the next save"
+
+
 async def test_redis_sessions_expire_and_are_taken_once(redis_url):
     import redis.asyncio as aioredis
     from prometheus_client import CollectorRegistry

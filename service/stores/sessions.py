@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 from .link import REDIS_ERRORS, RedisLink
@@ -40,21 +41,24 @@ class MemorySessions:
     """The embedded mode's store: a dict with deadlines, pruned as it is written."""
 
     def __init__(self) -> None:
-        self._records: dict[str, tuple[float, Record]] = {}
+        # insertion order is deadline order for one TTL: expired records sit at the front,
+        # and an OrderedDict reaches its front in O(1) however many were removed there
+        self._records: OrderedDict[str, tuple[float, Record]] = OrderedDict()
 
     async def save(
         self, pid: str, record: Record, ttl_seconds: float, *, only_if_kept: bool = False
     ) -> None:
         now = time.monotonic()
-        kept = self._records.pop(pid, None)
+        records = self._records
+        kept = records.pop(pid, None)
         if only_if_kept and (kept is None or kept[0] <= now):
             return
-        self._records[pid] = (now + ttl_seconds, record)
-        # insertion order is deadline order for one TTL: expired records sit at the front
-        for key, (deadline, _) in list(self._records.items()):
-            if deadline > now and len(self._records) <= MAX_MEMORY_SESSIONS:
+        records[pid] = (now + ttl_seconds, record)
+        while records:  # prune from the front only: O(1) per save, amortized
+            oldest = next(iter(records))
+            if records[oldest][0] > now and len(records) <= MAX_MEMORY_SESSIONS:
                 break
-            del self._records[key]
+            del records[oldest]
 
     async def take(self, pid: str) -> Record | None:
         entry = self._records.pop(pid, None)
