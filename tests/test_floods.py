@@ -309,6 +309,47 @@ async def test_slow_consumer_is_disconnected_and_others_keep_their_latency(clien
 
 
 @pytest.mark.slow
+async def test_many_slow_consumers_are_all_evicted(clients) -> None:
+    """Several receivers that stop reading overflow together (often in the same turn of the
+    event loop, where the guard finds each queue's socket through one index): every one of
+    them is evicted, the healthy receiver gets every message."""
+    async with running_server(
+        rate_limit_events=10**9,
+        send_buffer_bytes=64 * 1024,
+        handshake_rate_per_address=0,
+        ping_interval=25,
+        ping_timeout=20,
+    ) as srv:
+        sender = await connect(srv.url, "sender")
+        healthy = await connect(srv.url, "healthy")
+        clients += [sender, healthy]
+        for client in (sender, healthy):
+            await client.call("join:room", "herd")
+        stalled = [await stalled_websocket(srv.url, f"stalled{n}", "herd") for n in range(6)]
+        namespace = srv.app[keys.NAMESPACE]
+        assert len(namespace.sessions) == 8
+        payload = "y" * 3000
+        started = time.monotonic()
+        sent = received = 0
+        while sample(srv.app, "socketio_clients_evicted_total", reason="slow_consumer") < 6:
+            assert time.monotonic() - started < 120, "not every slow consumer was disconnected"
+            await asyncio.gather(
+                *(
+                    sender.call("message:send", {"roomId": "herd", "message": payload})
+                    for _ in range(100)
+                )
+            )
+            sent += 100
+            received += count_and_clear(healthy, payload)
+        await asyncio.sleep(0.5)
+        assert sorted(s.user_id for s in namespace.sessions.values()) == ["healthy", "sender"]
+        received += count_and_clear(healthy, payload)
+        assert received == sent
+        for writer in stalled:
+            writer.close()
+
+
+@pytest.mark.slow
 async def test_a_stalled_websocket_is_aborted_after_its_ping_timeout(clients) -> None:
     """Little traffic, no overflow: python-engineio closes the socket on ping timeout but
     its writer would wait forever on the unread TCP connection; the guard aborts it."""

@@ -197,6 +197,7 @@ class Guard:
         self._closed_since: dict[str, float] = {}
         self._first_seen: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue_owners: dict[int, Any] | None = None
         eio = sio.eio
         eio.send_buffer_bytes = settings.send_buffer_bytes
         eio.on_overflow = self._overflow
@@ -220,11 +221,29 @@ class Guard:
     # queues
 
     def _overflow(self, queue: BoundedSendQueue) -> None:
-        for sock in list(self.sio.eio.sockets.values()):
-            if sock.queue is queue:
-                self._spawn(self.evict(sock, "slow_consumer"))
-                return
+        sock = self._owner(queue)
+        if sock is not None:
+            self._spawn(self.evict(sock, "slow_consumer"))
+            return
         queue.discard()
+
+    def _owner(self, queue: BoundedSendQueue) -> Any:
+        """The socket whose queue this is. A broadcast may overflow many queues in one go:
+        the queue -> socket index is built once for the current turn of the event loop, so M
+        overflows among N sockets cost O(N + M), not O(N * M)."""
+        owners = self._queue_owners
+        if owners is None:
+            sockets = list(self.sio.eio.sockets.values())
+            owners = self._queue_owners = {id(sock.queue): sock for sock in sockets}
+            asyncio.get_running_loop().call_soon(self._forget_owners)
+        sock = owners.get(id(queue))
+        if sock is not None and sock.queue is queue:
+            return sock
+        # a socket created since the index was built
+        return next((s for s in self.sio.eio.sockets.values() if s.queue is queue), None)
+
+    def _forget_owners(self) -> None:
+        self._queue_owners = None
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
