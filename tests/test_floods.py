@@ -234,6 +234,14 @@ async def stalled_websocket(url: str, user: str, room: str) -> asyncio.StreamWri
     return writer  # from here on nobody reads
 
 
+async def send_burst(sender: Any, room: str, text: str, count: int = 100) -> int:
+    """``count`` messages at once (acks awaited together); returns ``count``."""
+    await asyncio.gather(
+        *(sender.call("message:send", {"roomId": room, "message": text}) for _ in range(count))
+    )
+    return count
+
+
 def count_and_clear(client: Any, text: str) -> int:
     """How many ``text`` messages ``client`` got; then forget them (wait_for scans the list)."""
     got = client.events["message:received"]
@@ -275,13 +283,7 @@ async def test_slow_consumer_is_disconnected_and_others_keep_their_latency(clien
         received = 0
         while sample(srv.app, "socketio_clients_evicted_total", reason="slow_consumer") < 1:
             assert time.monotonic() - started < 120, "the slow consumer was never disconnected"
-            await asyncio.gather(
-                *(
-                    sender.call("message:send", {"roomId": "flood", "message": payload})
-                    for _ in range(100)
-                )
-            )
-            sent += 100
+            sent += await send_burst(sender, "flood", payload)
             if sent % 1000 == 0:
                 received += count_and_clear(healthy, payload)
                 during.append(await round_trip_ms(f"during-{sent}"))
@@ -333,13 +335,7 @@ async def test_many_slow_consumers_are_all_evicted(clients) -> None:
         sent = received = 0
         while sample(srv.app, "socketio_clients_evicted_total", reason="slow_consumer") < 6:
             assert time.monotonic() - started < 120, "not every slow consumer was disconnected"
-            await asyncio.gather(
-                *(
-                    sender.call("message:send", {"roomId": "herd", "message": payload})
-                    for _ in range(100)
-                )
-            )
-            sent += 100
+            sent += await send_burst(sender, "herd", payload)
             received += count_and_clear(healthy, payload)
         await asyncio.sleep(0.5)
         assert sorted(s.user_id for s in namespace.sessions.values()) == ["healthy", "sender"]
