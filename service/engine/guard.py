@@ -233,7 +233,7 @@ class Guard:
         overflows among N sockets cost O(N + M), not O(N * M)."""
         owners = self._queue_owners
         if owners is None:
-            sockets = list(self.sio.eio.sockets.values())
+            sockets = self.sio.eio.sockets.values()
             owners = self._queue_owners = {id(sock.queue): sock for sock in sockets}
             asyncio.get_running_loop().call_soon(self._forget_owners)
         sock = owners.get(id(queue))
