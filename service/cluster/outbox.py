@@ -180,6 +180,7 @@ class Outbox:
             or len(self._queue) >= MAX_BUFFERED_MESSAGES
             or self._bytes + pending.size > MAX_BUFFERED_BYTES
         ):
+            self._given_up(pending)
             raise HistoryUnavailable("redis is down longer than REDIS_OUTAGE_BUFFER_SECONDS")
         self._queue.append(pending)
         self._bytes += pending.size
@@ -191,7 +192,14 @@ class Outbox:
             if pending.done.done():
                 return pending.done.result()
             pending.abandoned = True
+            self._given_up(pending)
             raise HistoryUnavailable("not stored within REDIS_OUTAGE_BUFFER_SECONDS") from None
+
+    def _given_up(self, pending: _Pending) -> None:
+        """The caller delivers it locally as ``stored: false``; a try already sent to a frozen
+        Redis may still store it later: the sequencer then skips it here."""
+        if self.manager.sequencer is not None:
+            self.manager.sequencer.delivered_unstored(pending.room_id, pending.message)
 
     def _pop(self) -> _Pending:
         pending = self._queue.popleft()

@@ -15,15 +15,21 @@ instance serves, the sequencer remembers the last id it delivered and
   nobody sends again.
 
 Clients keep their sockets: the missing messages arrive as ordinary ``message:received``
-events. Messages acked ``stored: false`` (local-only) never pass through here.
+events. Messages acked ``stored: false`` were delivered to this instance's members under a
+local id; one whose script was already on its way to a Redis that froze may still be stored
+when that Redis resumes: the outbox registers such messages (:meth:`Sequencer.delivered_unstored`)
+and their stored copy is not delivered here a second time (other instances, which never had
+it, deliver it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..protocol import MESSAGE_RECEIVED, parse_id, room_channel
 from ..stores.history import HistoryUnavailable, Message
@@ -34,6 +40,9 @@ SWEEP_SECONDS = 5.0
 """How often every served room is compared with its stream (one pipelined read)."""
 FILL_LIMIT = 1000
 """At most this many missing messages are delivered per gap (older ones: ``since`` recovery)."""
+UNSTORED_KEEP_SECONDS = 900.0
+MAX_UNSTORED = 10_000
+"""How long, and how many, messages delivered as ``stored: false`` are remembered."""
 
 Deliver = Callable[[str, Message], Awaitable[object]]
 
@@ -54,7 +63,24 @@ class Sequencer:
         self._deliver = deliver
         self._last: dict[str, tuple[int, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._unstored: OrderedDict[tuple[Any, ...], float] = OrderedDict()
         self.filled = 0  # messages delivered by gap filling (tests and logs)
+
+    def delivered_unstored(self, room_id: str, message: Message) -> None:
+        """``message`` went to this instance's members as ``stored: false``; if it is stored
+        after all, do not deliver it here again."""
+        now = time.monotonic()
+        self._unstored[_identity(room_id, message)] = now + UNSTORED_KEEP_SECONDS
+        while self._unstored:
+            oldest = next(iter(self._unstored))
+            if self._unstored[oldest] > now and len(self._unstored) <= MAX_UNSTORED:
+                break
+            del self._unstored[oldest]
+
+    async def _deliver_new(self, room_id: str, message: Message) -> None:
+        if self._unstored and self._unstored.pop(_identity(room_id, message), None):
+            return  # its members have it already, under the id of its local delivery
+        await self._deliver(room_id, message)
 
     def serving(self, room_id: str) -> None:
         """A first local member joined: deliver from the next message on."""
@@ -96,7 +122,7 @@ class Sequencer:
                 last = self._last.get(room_id)
                 if last is not None and key <= last:
                     return
-            await self._deliver(room_id, message)
+            await self._deliver_new(room_id, message)
             if room_id in self._locks:
                 self._last[room_id] = key
 
@@ -129,7 +155,7 @@ class Sequencer:
             log.warning("gap not filled", extra={"event": "gap_unfilled", "error": str(exc)})
             return
         for message in missed:
-            await self._deliver(room_id, message)
+            await self._deliver_new(room_id, message)
             self._last[room_id] = parse_id(message["id"])
             self.filled += 1
         if missed:
@@ -137,6 +163,11 @@ class Sequencer:
                 "delivered messages missed on pub/sub",
                 extra={"event": "gap_filled", "count": len(missed)},
             )
+
+
+def _identity(room_id: str, message: Message) -> tuple[Any, ...]:
+    """What a message is, whatever id it was delivered under: who sent what, when, where."""
+    return (room_id, message.get("userId"), message.get("timestamp"), message.get("message"))
 
 
 def _newer(message_id: str, than: tuple[int, int]) -> bool:
