@@ -12,6 +12,7 @@ import os
 import statistics
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -234,6 +235,27 @@ async def stalled_websocket(url: str, user: str, room: str) -> asyncio.StreamWri
     return writer  # from here on nobody reads
 
 
+@contextlib.asynccontextmanager
+async def flood_room(
+    clients: list[Any], room: str, send_buffer_bytes: int
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A server whose only limit in play is the send buffer, with a sender and a healthy
+    receiver in ``room``: yields (server, sender, healthy)."""
+    async with running_server(
+        rate_limit_events=10**9,
+        send_buffer_bytes=send_buffer_bytes,
+        handshake_rate_per_address=0,
+        ping_interval=25,  # the overflow, not the ping timeout, must catch a slow reader
+        ping_timeout=20,
+    ) as srv:
+        sender = await connect(srv.url, "sender")
+        healthy = await connect(srv.url, "healthy")
+        clients += [sender, healthy]
+        for client in (sender, healthy):
+            await client.call("join:room", room)
+        yield srv, sender, healthy
+
+
 async def send_burst(sender: Any, room: str, text: str, count: int = 100) -> int:
     """``count`` messages at once (acks awaited together); returns ``count``."""
     await asyncio.gather(
@@ -253,18 +275,7 @@ def count_and_clear(client: Any, text: str) -> int:
 @pytest.mark.slow
 async def test_slow_consumer_is_disconnected_and_others_keep_their_latency(clients) -> None:
     buffer = 256 * 1024
-    async with running_server(
-        rate_limit_events=10**9,
-        send_buffer_bytes=buffer,
-        handshake_rate_per_address=0,
-        ping_interval=25,  # the overflow, not the ping timeout, must catch it
-        ping_timeout=20,
-    ) as srv:
-        sender = await connect(srv.url, "sender")
-        healthy = await connect(srv.url, "healthy")
-        clients += [sender, healthy]
-        for client in (sender, healthy):
-            await client.call("join:room", "flood")
+    async with flood_room(clients, "flood", buffer) as (srv, sender, healthy):
         namespace = srv.app[keys.NAMESPACE]
 
         async def round_trip_ms(text: str) -> float:
@@ -315,18 +326,7 @@ async def test_many_slow_consumers_are_all_evicted(clients) -> None:
     """Several receivers that stop reading overflow together (often in the same turn of the
     event loop, where the guard finds each queue's socket through one index): every one of
     them is evicted, the healthy receiver gets every message."""
-    async with running_server(
-        rate_limit_events=10**9,
-        send_buffer_bytes=64 * 1024,
-        handshake_rate_per_address=0,
-        ping_interval=25,
-        ping_timeout=20,
-    ) as srv:
-        sender = await connect(srv.url, "sender")
-        healthy = await connect(srv.url, "healthy")
-        clients += [sender, healthy]
-        for client in (sender, healthy):
-            await client.call("join:room", "herd")
+    async with flood_room(clients, "herd", 64 * 1024) as (srv, sender, healthy):
         stalled = [await stalled_websocket(srv.url, f"stalled{n}", "herd") for n in range(6)]
         namespace = srv.app[keys.NAMESPACE]
         assert len(namespace.sessions) == 8
