@@ -35,6 +35,7 @@ from service.engine.fanout import LocalManager
 from service.engine.queue import BoundedSendQueue
 from service.engine.server import EngineIOServer
 from service.engine.transport import WriteThroughQueue
+from service.engine.wsconn import WebSocketConnection
 
 from .helpers import ROOT, connect, running_server, token
 from .rawclient import open_raw
@@ -247,6 +248,66 @@ async def test_aiohttp_send_frame_writes_before_it_suspends() -> None:
     assert seen["messages"] is collections.deque
 
 
+def test_aiohttp_shape_for_the_websocket_take_over() -> None:
+    """engine/wsconn.py: aiohttp's protocol forgets a connection whose transport it no longer
+    has without closing anything, the handshake's trailing bytes are where it looks, and
+    aiohttp's websocket parser hands each message to a queue subclass."""
+    from aiohttp.web_protocol import RequestHandler
+
+    assert "_message_tail" in RequestHandler.__slots__
+    force_close = inspect.getsource(RequestHandler.force_close)
+    assert "if self.transport is not None:" in force_close
+    lost = inspect.getsource(RequestHandler.connection_lost)
+    assert "self.force_close()" in lost and "self._manager.connection_lost(self, exc)" in lost
+    for name in ("set_protocol", "get_protocol", "is_reading", "resume_reading"):
+        assert callable(getattr(asyncio.Transport, name)), name
+
+
+async def test_aiohttp_websocket_parser_feeds_the_connection() -> None:
+    """aiohttp's parser (C or Python) takes the connection's queue subclass and calls its
+    ``feed_data`` override for each complete message, across reads."""
+
+    class Peer:
+        def __init__(self) -> None:
+            self.got: list[Any] = []
+
+        def received(self, data: str | bytes) -> None:
+            self.got.append(data)
+
+        def ended(self) -> None:
+            pass
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = b""
+
+        def write(self, data: Any) -> None:
+            self.out += bytes(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    def masked(opcode: int, payload: bytes) -> bytes:
+        key = b"\x01\x02\x03\x04"
+        return (
+            bytes((0x80 | opcode, 0x80 | len(payload)))
+            + key
+            + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        )
+
+    peer, transport = Peer(), Transport()
+    conn = WebSocketConnection(peer, transport, 100)
+    data = masked(0x1, "4h\u00e9".encode()) + masked(0x2, b"\x00bin") + masked(0x9, b"p")
+    conn.data_received(data[:3])
+    conn.data_received(data[3:])
+    assert peer.got == ["4h\u00e9", b"\x00bin"]
+    assert transport.out == b"\x8a\x01p"  # the pong
+
+
 # -- asyncio --------------------------------------------------------------------------------
 
 
@@ -290,6 +351,8 @@ async def test_websocket_sessions_are_tracked_with_either_driver(clients, driver
             assert eio_sid in srv.app[keys.GUARD].websockets
             queue = eio.sockets[eio_sid].queue
             assert isinstance(queue, WriteThroughQueue) is fast
+            protocol = srv.app[keys.GUARD].websockets[eio_sid].get_protocol()
+            assert isinstance(protocol, WebSocketConnection) is fast, transports
             assert (queue.websocket is not None) if fast else isinstance(queue, BoundedSendQueue)
             assert (await client.call("join:room", "shape"))["ok"]
             await client.close()

@@ -98,15 +98,10 @@ def client_address(peer: str | None, forwarded: list[str], trusted: tuple[Any, .
 
 
 def environ_client_address(environ: Mapping[str, Any], trusted: tuple[Any, ...]) -> str:
-    """:func:`client_address` of the request behind a python-socketio ``environ``.
-
-    python-engineio's aiohttp driver hard-codes ``REMOTE_ADDR`` to ``127.0.0.1``: the real
-    peer is only on the aiohttp request it keeps in the environ.
-    """
-    request = environ.get("aiohttp.request")
-    if request is None:
-        return "unknown"
-    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+    """:func:`client_address` of the request behind a python-socketio ``environ`` (the
+    engine's Engine.IO server writes the peer's address as ``REMOTE_ADDR``)."""
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    return client_address(environ.get("REMOTE_ADDR"), [forwarded] if forwarded else [], trusted)
 
 
 def _loopback(key: str) -> bool:

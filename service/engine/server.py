@@ -22,11 +22,13 @@ from typing import Any
 import engineio
 import socketio
 from aiohttp import hdrs, web
+from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
 from .packet import bounded_packet_class
 from .queue import BoundedSendQueue
 from .transport import WriteThroughQueue, ping_due, websocket_driver
+from .wsconn import WebSocketConnection
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class EngineIOServer(engineio.AsyncServer):
         self.timer_pings = False
         self.websockets: dict[str, asyncio.BaseTransport] = {}
         """Engine.IO sid -> the TCP transport of the websocket serving it (both drivers)."""
+        self._async = {**self._async, "translate_request": _translate_request}
 
     def use_fast_websockets(self, compress: bool) -> None:
         """Serve websockets with the engine's driver (see :mod:`.transport`)."""
@@ -98,8 +101,12 @@ class EngineIOServer(engineio.AsyncServer):
             if token is not None:
                 _new_websocket.reset(token)
                 sid = pending.sid if pending is not None else None
-            if sid is not None and self.websockets.get(sid) is transport:
-                del self.websockets[sid]
+            if (
+                sid is not None
+                and self.websockets.get(sid) is transport
+                and not isinstance(transport.get_protocol(), WebSocketConnection)
+            ):
+                del self.websockets[sid]  # a taken-over websocket removes itself when it ends
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         if self.timer_pings and getattr(target, "__func__", None) is AsyncSocket._send_ping:
@@ -107,6 +114,14 @@ class EngineIOServer(engineio.AsyncServer):
             loop = asyncio.get_running_loop()
             return loop.call_later(self.ping_interval, ping_due, target.__self__)
         return super().start_background_task(target, *args, **kwargs)
+
+
+def _translate_request(request: web.BaseRequest) -> dict[str, Any]:
+    """python-engineio's environ, with the peer's address as ``REMOTE_ADDR`` (its aiohttp
+    driver writes 127.0.0.1): an environ whose request is gone still names its client."""
+    environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+    environ["REMOTE_ADDR"] = request.remote or ""
+    return environ
 
 
 def _discard(queue: BoundedSendQueue) -> None:
@@ -158,5 +173,8 @@ async def close_transports(sio: socketio.AsyncServer, grace: float) -> int:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
+    for tcp in list(eio.websockets.values()):
+        tcp.abort()  # a websocket whose client never let its close frame through
+    eio.websockets.clear()
     eio.sockets = {}
     return len(sockets)

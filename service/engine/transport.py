@@ -33,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp.web import WebSocketResponse
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
@@ -45,8 +46,13 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
 from .queue import BoundedSendQueue
+from .wsconn import WebSocketConnection, can_take_over, frame, take_over
 
 log = logging.getLogger(__name__)
+
+MAX_BACKLOG = 64
+"""Packets received while earlier ones are still being handled, above which a taken-over
+websocket stops reading until they are (the frames' own backpressure)."""
 
 MAX_DIRECT_BUFFER = 4 * 1024 * 1024
 """Above this many bytes waiting in a socket's kernel-side buffer, packets go through the
@@ -116,12 +122,7 @@ def ping_due(socket: AsyncSocket) -> None:
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, final websocket TEXT frame (server to client): the same bytes for every
     receiver, so a broadcast builds it once."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 1 << 16:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+    return frame(payload)
 
 
 def write_direct(socket: Any, frame: bytes) -> bool:
@@ -135,6 +136,23 @@ def write_direct(socket: Any, frame: bytes) -> bool:
         return False
     transport.write(frame)
     return True
+
+
+_running: set[asyncio.Task[Any]] = set()
+
+
+def _start(coro: Any) -> asyncio.Task[Any]:
+    """A task for ``coro`` that runs at once up to its first suspension on Python 3.12+
+    (most packets are handled without one), kept referenced until it ends."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        task = asyncio.Task(coro, loop=loop, eager_start=True)
+    else:
+        task = loop.create_task(coro)
+    if not task.done():
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+    return task
 
 
 def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
@@ -151,19 +169,32 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
         finished = False  # the writer met the end-of-stream marker and closed the websocket
         queue: Any = None
 
-        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        conn: WebSocketConnection | None = None  # the connection, once taken over
+        socket: AsyncSocket | None = None
+        probing = 0  # upgrade from long-polling, taken over: 1 waits for PING probe, 2 UPGRADE
+        backlog: list[Any] | None = None  # packets waiting while one is being handled
+        receiving: asyncio.Task[None] | None = None
+
+        async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
             request = environ["aiohttp.request"]
+            socket = getattr(self.handler, "__self__", None)
+            ours = isinstance(socket, AsyncSocket) and isinstance(socket.queue, WriteThroughQueue)
+            lean = ours and not compress and can_take_over(request)
             self._sock = WebSocketResponse(
                 max_msg_size=self.server.max_http_buffer_size, compress=compress
             )
             await self._sock.prepare(request)
             self.environ = environ
-            socket = getattr(self.handler, "__self__", None)
-            if not isinstance(socket, AsyncSocket) or not isinstance(
-                socket.queue, WriteThroughQueue
-            ):
+            if not ours:
                 await self.handler(self)  # not a socket the engine created: stock handling
                 return self._sock
+            assert isinstance(socket, AsyncSocket)
+            if lean:
+                # no await since prepare(): no frame can have reached aiohttp's reader
+                conn = take_over(request, self, self.server.max_http_buffer_size)
+                if conn is not None:
+                    self.serve_taken_over(socket, conn, environ)
+                    return web.Response(status=101)  # aiohttp no longer has a connection
             _slim_request_handler(request)
             if not compress:
                 self.transport = request.transport
@@ -184,7 +215,8 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
             transport = self.transport
             if transport is None or self.writer is not None or self.finished:
                 return None
-            if not self.queue.empty() or self._sock.closed or transport.is_closing():
+            closed = self.conn.closed if self.conn is not None else self._sock.closed
+            if not self.queue.empty() or closed or transport.is_closing():
                 return None
             if transport.get_write_buffer_size() > MAX_DIRECT_BUFFER:
                 return None
@@ -197,6 +229,9 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
             frame is already in the transport, and the next packet finds it busy and goes
             through the queue, whose writer waits properly.
             """
+            if self.conn is not None:
+                self.conn.transport.write(frame(data))
+                return True
             coro = self._sock.send_frame(data, WSMsgType.TEXT)
             try:
                 coro.send(None)
@@ -239,7 +274,147 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
             finally:
                 self.writer = None
 
-        # -- incoming ---------------------------------------------------------------------
+        async def send(self, message: str | bytes) -> None:
+            if self.conn is not None:
+                await self.conn.send(message)
+            else:
+                await super().send(message)
+
+        async def close(self) -> None:
+            if self.conn is not None:
+                self.conn.close()
+            else:
+                await super().close()
+
+        # -- incoming, taken over (wsconn.WebSocketConnection calls these) ---------------
+
+        def serve_taken_over(
+            self, socket: AsyncSocket, conn: WebSocketConnection, environ: dict[str, Any]
+        ) -> None:
+            """Serve ``socket`` on ``conn``, like :meth:`serve` without a task."""
+            self.conn = conn
+            self.socket = socket
+            self._sock = None  # aiohttp's response, reader and writer: not used any more
+            # the request (and its parsed head) is only kept by the environ now
+            environ.pop("aiohttp.request", None)
+            environ.pop("wsgi.input", None)
+            if socket.connected:  # already connected on long-polling: this is an upgrade
+                socket.upgrading = True  # hold packet sends during the upgrade
+                self.probing = 1
+            else:
+                socket.connected = True
+                socket.upgraded = True
+                self.attach(socket, conn.transport)
+
+        def attach(self, socket: AsyncSocket, transport: Any) -> None:
+            """Serve ``socket``'s packets on this websocket from now on."""
+            if not compress:
+                self.transport = transport
+            queue = socket.queue
+            queue.websocket = self
+            self.queue = queue
+            if not queue.empty():
+                self.kick()  # the OPEN packet, or what was held during the upgrade
+
+        def received(self, data: str | bytes) -> None:
+            """A complete message from the client: an Engine.IO packet, handled in order."""
+            try:
+                pkt = eio_packet.Packet(encoded_packet=data)
+            except Exception:
+                log.debug("undecodable Engine.IO packet", exc_info=True)
+                self.close_now()
+                return
+            if self.probing:
+                self.probe_step(pkt)
+                return
+            backlog = self.backlog
+            if backlog is not None:
+                backlog.append(pkt)
+                conn = self.conn
+                if len(backlog) >= MAX_BACKLOG and conn is not None:
+                    conn.transport.pause_reading()
+                return
+            self.backlog = []
+            task = _start(self.deliver(pkt))
+            if not task.done():
+                self.receiving = task
+
+        async def deliver(self, pkt: Any) -> None:
+            """Hand ``pkt`` and those received meanwhile to the socket, one at a time."""
+            socket = self.socket
+            assert socket is not None
+            backlog = self.backlog
+            assert backlog is not None
+            try:
+                while True:
+                    try:
+                        await socket.receive(pkt)
+                    except eio_exceptions.UnknownPacketError:
+                        pass
+                    except eio_exceptions.SocketIsClosedError:
+                        self.close_now()
+                        return
+                    except Exception:
+                        socket.server.logger.exception("Unknown receive error")
+                    if not backlog:
+                        return
+                    pkt = backlog.pop(0)
+            finally:
+                self.backlog = None
+                self.receiving = None
+                conn = self.conn
+                if conn is not None and not conn.closed and not conn.transport.is_reading():
+                    conn.transport.resume_reading()
+
+        def probe_step(self, pkt: Any) -> None:
+            """The upgrade handshake (PING probe / PONG probe / UPGRADE), as :meth:`probe`."""
+            socket = self.socket
+            conn = self.conn
+            assert socket is not None and conn is not None
+            if self.probing == 1 and pkt.packet_type == eio_packet.PING and pkt.data == "probe":
+                conn.write(frame(b"3probe"))  # PONG probe
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # end the poll
+                self.probing = 2
+                return
+            self.probing = 0
+            socket.upgrading = False
+            if pkt.packet_type == eio_packet.UPGRADE:
+                socket.upgraded = True
+                self.attach(socket, conn.transport)
+                return
+            socket.upgraded = False
+            socket.server.logger.info("%s: Failed websocket upgrade", socket.sid)
+            conn.close()
+
+        def close_now(self) -> None:
+            """End the websocket: the writer sends what is queued, then closes it."""
+            queue = self.queue
+            if queue is not None and queue.websocket is self:
+                queue.put_nowait(None)
+            elif self.conn is not None:
+                self.conn.close()
+
+        def ended(self) -> None:
+            """The connection is closed: end its Engine.IO session (unless it was a probe
+            that failed: the long-poll goes on)."""
+            socket = self.socket
+            conn = self.conn
+            assert socket is not None and conn is not None
+            self.transport = None
+            if self.probing:
+                self.probing = 0
+                socket.upgrading = False
+            websockets = getattr(socket.server, "websockets", None)
+            if websockets is not None and websockets.get(socket.sid) is conn.transport:
+                del websockets[socket.sid]
+            queue = self.queue
+            if queue is None or queue.websocket is not self:
+                return
+            queue.websocket = None
+            reason = socket.server.reason.TRANSPORT_CLOSE
+            _start(socket.close(wait=False, abort=True, reason=reason))
+
+        # -- incoming, on aiohttp --------------------------------------------------------
 
         async def serve(self, socket: AsyncSocket) -> None:
             """python-engineio's ``_websocket_handler`` without its tasks."""
@@ -251,11 +426,8 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
             else:
                 socket.connected = True
                 socket.upgraded = True
+            self.attach(socket, self.transport)
             queue = socket.queue
-            queue.websocket = self
-            self.queue = queue
-            if not queue.empty():
-                self.kick()  # the OPEN packet, or what was held during the upgrade
             limit = server.max_http_buffer_size
             ws = self._sock
             while True:
