@@ -6,15 +6,20 @@ socket's queue (inside a ``wait_for``), a second task per read (also inside a ``
 and a ping task sleeping between pings: ~6 KiB of tasks, futures and timers per idle
 connection. The driver here serves the same protocol with none of them:
 
-* reads run in the connection's own request task (``receive()``, no timer);
-* a packet sent to an idle websocket is written at once, in order, as one frame through
-  aiohttp's ``WebSocketResponse.send_frame`` (uncompressed frames are written before its
-  first suspension point, with aiohttp's own closing check); a broadcast builds its frame
+* once the handshake is answered, the connection leaves aiohttp for its own protocol
+  (:mod:`.wsconn`): no request task, request or response object is kept; each complete
+  message is handed to the socket as it arrives (a task only while one is being handled,
+  eager on Python 3.12+). Without that (compression on, or bytes that arrived with the
+  handshake) reads run in the connection's own request task (``receive()``, no timer);
+* a packet sent to an idle websocket is written at once, in order, as one frame (through
+  aiohttp's ``WebSocketResponse.send_frame`` when aiohttp serves it: uncompressed frames are
+  written before its first suspension point, with aiohttp's own closing check); a broadcast
+  builds its frame
   once and writes the same bytes to every idle receiver's transport (:func:`write_direct`:
   per receiver, ``send_frame`` cost ~3 us more: +15-18 % server CPU at 20k deliveries/s);
   packets that find earlier ones still unwritten (a slow reader, a binary packet,
   compression) go through the socket's queue, drained by a writer task that exists only
-  while the queue is not empty (aiohttp's flow control applies there, and the queue's
+  while the queue is not empty (asyncio's flow control applies there, and the queue's
   bounds with it);
 * pings are timer callbacks instead of sleeping tasks (:func:`ping_due`, scheduled by the
   engine's Engine.IO server);
@@ -24,7 +29,8 @@ connection. The driver here serves the same protocol with none of them:
 
 Ping timeouts are python-engineio's own check; a websocket whose session it closed while its
 TCP connection lingers is aborted by the guard's sweep. Upgrades from long-polling follow
-python-engineio's probe sequence unchanged. Compared with python-engineio's
+python-engineio's probe sequence (:meth:`probe`, or :meth:`probe_step` per packet once taken
+over). Compared with python-engineio's
 ``AsyncSocket._websocket_handler`` (the shape test pins the version this copy follows).
 """
 
