@@ -166,6 +166,8 @@ async def close_transports(sio: socketio.AsyncServer, grace: float) -> int:
     long-poll that nobody collects is dropped.
     """
     eio = sio.eio
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
     sockets = list(eio.sockets.values())
     if sockets:
         reason = eio.reason.SERVER_DISCONNECT
@@ -173,8 +175,12 @@ async def close_transports(sio: socketio.AsyncServer, grace: float) -> int:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
+    # the writers send the close packets, then close (each removes itself from the map;
+    # polled: nothing signals "map empty", and this runs once, at shutdown)
+    while eio.websockets and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     for tcp in list(eio.websockets.values()):
-        tcp.abort()  # a websocket whose client never let its close frame through
+        tcp.abort()  # a websocket whose client never read its close frame
     eio.websockets.clear()
     eio.sockets = {}
     return len(sockets)
