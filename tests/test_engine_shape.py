@@ -259,6 +259,26 @@ def test_aiohttp_shape_for_the_websocket_take_over() -> None:
     assert "if self.transport is not None:" in force_close
     lost = inspect.getsource(RequestHandler.connection_lost)
     assert "self.force_close()" in lost and "self._manager.connection_lost(self, exc)" in lost
+    # its handshake check: (response headers, protocol, compress, notakeover), or 400
+    assert _params(web.WebSocketResponse._handshake) == ["self", "request"]
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    checked = web.WebSocketResponse(compress=False)._handshake(
+        make_mocked_request("GET", "/", headers=headers)
+    )
+    assert dict(checked[0]) == {
+        "Upgrade": "websocket",
+        "Connection": "upgrade",
+        "Sec-WebSocket-Accept": "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",  # RFC 6455's example
+    }
+    with pytest.raises(web.HTTPBadRequest):
+        web.WebSocketResponse()._handshake(
+            make_mocked_request("GET", "/", headers={**headers, "Sec-WebSocket-Version": "12"})
+        )
     for name in ("set_protocol", "get_protocol", "is_reading", "resume_reading"):
         assert callable(getattr(asyncio.Transport, name)), name
 

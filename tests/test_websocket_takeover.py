@@ -202,6 +202,35 @@ async def test_closing_frames_get_a_close_frame_with_their_code(
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize(
+    "header", ["Sec-WebSocket-Version: 12", "Sec-WebSocket-Key: short", "Connection: close"]
+)
+async def test_a_bad_handshake_is_refused_and_leaves_no_session(driver: str, header: str) -> None:
+    """A handshake aiohttp's checks refuse gets a 400 (python-engineio answers a websocket
+    request without ``Connection: upgrade`` with a 500) and ends the Engine.IO session it
+    opened."""
+    async with running_server(websocket_driver=driver) as srv:
+        parts = urlsplit(srv.url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        name = header.split(":")[0]
+        lines = [
+            f"GET {WS_PATH} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ]
+        request = [line for line in lines if not line.startswith(name + ":")] + [header]
+        writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 400"), head
+        assert not srv.app[keys.GUARD].websockets
+        assert not srv.app[keys.SIO].eio.sockets
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 async def test_frames_sent_with_the_handshake_are_not_lost(driver: str) -> None:
     """A client that writes frames before the 101 arrives (RFC 6455 says it must wait)
     still gets them handled: such a connection stays with aiohttp."""

@@ -95,8 +95,12 @@ class EngineIOServer(engineio.AsyncServer):
             self.websockets[sid] = transport  # an upgrade from long-polling
         else:
             sid = None  # unknown session or a second websocket for it: not ours to track
+        refused = False
         try:
-            return await super().handle_request(*args, **kwargs)
+            response = await super().handle_request(*args, **kwargs)
+        except web.HTTPException:
+            refused = True  # aiohttp's handshake check refused it (a 400)
+            raise
         finally:
             if token is not None:
                 _new_websocket.reset(token)
@@ -107,6 +111,21 @@ class EngineIOServer(engineio.AsyncServer):
                 and not isinstance(transport.get_protocol(), WebSocketConnection)
             ):
                 del self.websockets[sid]  # a taken-over websocket removes itself when it ends
+            if refused and pending is not None:
+                await self._end_session(sid)
+        if isinstance(response, list) and pending is not None:
+            # "Upgrade: websocket" without "Connection: upgrade": python-engineio served a
+            # poll and answers its packets as the response (a 500)
+            await self._end_session(sid)
+            return web.Response(status=400, text="websocket handshake without Connection: upgrade")
+        return response
+
+    async def _end_session(self, sid: str | None) -> None:
+        """End the session a refused websocket handshake opened (python-engineio keeps it
+        until its ping timeout)."""
+        sock = self.sockets.pop(sid, None) if sid is not None else None
+        if sock is not None:
+            await sock.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         if self.timer_pings and getattr(target, "__func__", None) is AsyncSocket._send_ping:

@@ -52,7 +52,13 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
 from .queue import BoundedSendQueue
-from .wsconn import WebSocketConnection, can_take_over, frame, take_over
+from .wsconn import (
+    WebSocketConnection,
+    can_take_over,
+    frame,
+    switching_protocols,
+    take_over,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,22 +191,27 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
             request = environ["aiohttp.request"]
             socket = getattr(self.handler, "__self__", None)
             ours = isinstance(socket, AsyncSocket) and isinstance(socket.queue, WriteThroughQueue)
-            lean = ours and not compress and can_take_over(request)
             self._sock = WebSocketResponse(
                 max_msg_size=self.server.max_http_buffer_size, compress=compress
             )
-            await self._sock.prepare(request)
-            self.environ = environ
             if not ours:
+                await self._sock.prepare(request)
+                self.environ = environ
                 await self.handler(self)  # not a socket the engine created: stock handling
                 return self._sock
             assert isinstance(socket, AsyncSocket)
-            if lean:
-                # no await since prepare(): no frame can have reached aiohttp's reader
+            # aiohttp's handshake checks (HTTPBadRequest: a 400); taken over, the 101 is
+            # written below, with the OPEN packet, in one write
+            headers = self._sock._handshake(request)[0]
+            conn = None
+            if not compress and can_take_over(request):
                 conn = take_over(request, self, self.server.max_http_buffer_size)
-                if conn is not None:
-                    self.serve_taken_over(socket, conn, environ)
-                    return web.Response(status=101)  # aiohttp no longer has a connection
+            if conn is None:
+                await self._sock.prepare(request)
+            self.environ = environ
+            if conn is not None:
+                self.serve_taken_over(socket, conn, environ, switching_protocols(headers))
+                return web.Response(status=101)  # aiohttp no longer has a connection
             _slim_request_handler(request)
             if not compress:
                 self.transport = request.transport
@@ -295,9 +306,14 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
         # -- incoming, taken over (wsconn.WebSocketConnection calls these) ---------------
 
         def serve_taken_over(
-            self, socket: AsyncSocket, conn: WebSocketConnection, environ: dict[str, Any]
+            self,
+            socket: AsyncSocket,
+            conn: WebSocketConnection,
+            environ: dict[str, Any],
+            head: bytes,
         ) -> None:
-            """Serve ``socket`` on ``conn``, like :meth:`serve` without a task."""
+            """Answer the handshake with ``head`` and serve ``socket`` on ``conn``, like
+            :meth:`serve` without a task."""
             self.conn = conn
             self.socket = socket
             self._sock = None  # aiohttp's response, reader and writer: not used any more
@@ -307,10 +323,20 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
             if socket.connected:  # already connected on long-polling: this is an upgrade
                 socket.upgrading = True  # hold packet sends during the upgrade
                 self.probing = 1
-            else:
-                socket.connected = True
-                socket.upgraded = True
-                self.attach(socket, conn.transport)
+                conn.transport.write(head)
+                return
+            socket.connected = True
+            socket.upgraded = True
+            queue = socket.queue
+            if queue.qsize() == 1:  # the OPEN packet: sent with the 101, one write
+                pkt = queue.get_nowait()
+                queue.task_done()
+                if pkt is not None and not pkt.binary:
+                    head += frame(pkt.encode().encode())
+                else:
+                    queue.put_nowait(pkt)
+            conn.transport.write(head)
+            self.attach(socket, conn.transport)
 
         def attach(self, socket: AsyncSocket, transport: Any) -> None:
             """Serve ``socket``'s packets on this websocket from now on."""

@@ -6,11 +6,12 @@ python-engineio's ``handle_request``), the parsed request head, the HTTP protoco
 the ``WebSocketResponse`` with its reader queue and writer: ~10 KiB per idle connection,
 more than everything Engine.IO and Socket.IO keep for it.
 
-:func:`take_over` hands the TCP transport of a websocket whose 101 answer aiohttp has just
-written to a :class:`WebSocketConnection` instead (asyncio's public
+:func:`take_over` hands the TCP transport of a websocket handshake that aiohttp's own
+checks accepted to a :class:`WebSocketConnection` instead (asyncio's public
 ``Transport.set_protocol``), and tells aiohttp's protocol the connection is gone for it
 (with its transport detached first, so it closes nothing): its request task then ends and
-everything above is freed. Frames are parsed by aiohttp's own websocket parser (masking,
+everything above is freed. The 101 answer (:func:`switching_protocols`) goes out in one
+write with the Engine.IO OPEN packet. Frames are parsed by aiohttp's own websocket parser (masking,
 fragments, UTF-8, size limit, close codes), handed on as they complete; frames out are
 written straight to the transport, with asyncio's flow control.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType
@@ -156,6 +158,13 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport.close()
 
 
+def switching_protocols(headers: Mapping[str, str]) -> bytes:
+    """The 101 answer to a websocket handshake, with the headers aiohttp's handshake check
+    computed (``Upgrade``, ``Connection``, ``Sec-WebSocket-Accept``)."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n".encode()
+
+
 def can_take_over(request: Any) -> bool:
     """The request's connection can be handed over after the handshake: its transport can
     change protocol, and no byte followed the handshake (a client must wait for the 101
@@ -171,9 +180,9 @@ def can_take_over(request: Any) -> bool:
 
 
 def take_over(request: Any, peer: Peer, max_msg_size: int) -> WebSocketConnection | None:
-    """Hand the websocket of ``request`` (its 101 just written) to a new
-    :class:`WebSocketConnection`; call at once after ``WebSocketResponse.prepare`` returns,
-    before the event loop runs again. None: the connection stays with aiohttp."""
+    """Hand the connection of ``request`` (a valid websocket handshake, not answered yet:
+    the caller writes the 101) to a new :class:`WebSocketConnection`. None: the connection
+    stays with aiohttp."""
     handler = request.protocol
     transport = request.transport
     if transport is None or transport.is_closing():
