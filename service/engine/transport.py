@@ -14,9 +14,9 @@ connection. The driver here serves the same protocol with none of them:
 * a packet sent to an idle websocket is written at once, in order, as one frame (through
   aiohttp's ``WebSocketResponse.send_frame`` when aiohttp serves it: uncompressed frames are
   written before its first suspension point, with aiohttp's own closing check); a broadcast
-  builds its frame
-  once and writes the same bytes to every idle receiver's transport (:func:`write_direct`:
-  per receiver, ``send_frame`` cost ~3 us more: +15-18 % server CPU at 20k deliveries/s);
+  builds its frame once and writes the same bytes to every idle receiver's transport
+  (:func:`write_direct`: per receiver, ``send_frame`` cost ~3 us more: +15-18 % server CPU
+  at 20k deliveries/s);
   packets that find earlier ones still unwritten (a slow reader, a binary packet,
   compression) go through the socket's queue, drained by a writer task that exists only
   while the queue is not empty (asyncio's flow control applies there, and the queue's
@@ -30,8 +30,8 @@ connection. The driver here serves the same protocol with none of them:
 Ping timeouts are python-engineio's own check; a websocket whose session it closed while its
 TCP connection lingers is aborted by the guard's sweep. Upgrades from long-polling follow
 python-engineio's probe sequence (:meth:`probe`, or :meth:`probe_step` per packet once taken
-over). Compared with python-engineio's
-``AsyncSocket._websocket_handler`` (the shape test pins the version this copy follows).
+over). Compared with python-engineio's ``AsyncSocket._websocket_handler`` (the shape test
+pins the version this copy follows).
 """
 
 from __future__ import annotations
@@ -185,7 +185,6 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
         socket: AsyncSocket | None = None
         probing = 0  # upgrade from long-polling, taken over: 1 waits for PING probe, 2 UPGRADE
         backlog: list[Any] | None = None  # packets waiting while one is being handled
-        receiving: asyncio.Task[None] | None = None
 
         async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
             request = environ["aiohttp.request"]
@@ -367,9 +366,7 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
                     conn.transport.pause_reading()
                 return
             self.backlog = []
-            task = _start(self.deliver(pkt))
-            if not task.done():
-                self.receiving = task
+            _start(self.deliver(pkt))
 
         async def deliver(self, pkt: Any) -> None:
             """Hand ``pkt`` and those received meanwhile to the socket, one at a time."""
@@ -393,7 +390,6 @@ def websocket_driver(compress: bool) -> type[eio_aiohttp.WebSocket]:
                     pkt = backlog.pop(0)
             finally:
                 self.backlog = None
-                self.receiving = None
                 conn = self.conn
                 if conn is not None and not conn.closed and not conn.transport.is_reading():
                     conn.transport.resume_reading()

@@ -11,9 +11,9 @@ checks accepted to a :class:`WebSocketConnection` instead (asyncio's public
 ``Transport.set_protocol``), and tells aiohttp's protocol the connection is gone for it
 (with its transport detached first, so it closes nothing): its request task then ends and
 everything above is freed. The 101 answer (:func:`switching_protocols`) goes out in one
-write with the Engine.IO OPEN packet. Frames are parsed by aiohttp's own websocket parser (masking,
-fragments, UTF-8, size limit, close codes), handed on as they complete; frames out are
-written straight to the transport, with asyncio's flow control.
+write with the Engine.IO OPEN packet. Frames are parsed by aiohttp's own websocket parser
+(masking, fragments, UTF-8, size limit, close codes), handed on as they complete; frames out
+are written straight to the transport, with asyncio's flow control.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from aiohttp.http import WebSocketError, WebSocketReader
 log = logging.getLogger(__name__)
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PONG = 0x1, 0x2, 0x8, 0xA
+
+SENDABLE_CLOSE_CODES = frozenset((*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)))
+"""Close codes an endpoint may put on the wire (RFC 6455, 7.4): a client's close frame is
+answered with its own code when it is one of these, else with 1000 (a frame without a code
+reaches us as 0; 1005, 1006 and 1015 are never sent)."""
 
 
 def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -121,8 +126,7 @@ class WebSocketConnection(asyncio.Protocol):
         elif kind is WSMsgType.PING:
             self.write(frame(bytes(msg.data), OP_PONG))
         elif kind is WSMsgType.CLOSE:
-            code = msg.data if isinstance(msg.data, int) else WSCloseCode.OK
-            self.close(code)
+            self.close(msg.data if msg.data in SENDABLE_CLOSE_CODES else WSCloseCode.OK)
 
     def failed(self, exc: BaseException) -> None:
         """A frame aiohttp's parser refused (too big, bad UTF-8, protocol error)."""
@@ -196,4 +200,4 @@ def take_over(request: Any, peer: Peer, max_msg_size: int) -> WebSocketConnectio
     return conn
 
 
-__all__ = ["WebSocketConnection", "can_take_over", "frame", "take_over"]
+__all__ = ["WebSocketConnection", "can_take_over", "frame", "switching_protocols", "take_over"]
