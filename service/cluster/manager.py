@@ -412,6 +412,8 @@ class RedisManager(AsyncPubSubManager, LocalManager):
     async def close(self) -> None:
         for sweep in list(self._sweeps):
             sweep.cancel()
+        if self.sequencer is not None:
+            self.sequencer.close()
         if self.thread is not None:
             self.thread.cancel()
             with contextlib.suppress(BaseException):

@@ -12,7 +12,10 @@ instance serves, the sequencer remembers the last id it delivered and
   listening, or still in flight);
 * after the listener resubscribes, and every :data:`SWEEP_SECONDS`, compares each room's
   newest stream id with what it delivered and delivers the rest, so a gap is closed even when
-  nobody sends again.
+  nobody sends again;
+* when a gap cannot be read (Redis refused the read), holds the message that revealed it
+  (it is stored: the next sweep, in :data:`RETRY_SECONDS`, delivers it after the gap) rather
+  than deliver it and skip the gap for good.
 
 Clients keep their sockets: the missing messages arrive as ordinary ``message:received``
 events. Messages acked ``stored: false`` were delivered to this instance's members under a
@@ -40,6 +43,8 @@ SWEEP_SECONDS = 5.0
 """How often every served room is compared with its stream (one pipelined read)."""
 FILL_LIMIT = 1000
 """At most this many missing messages are delivered per gap (older ones: ``since`` recovery)."""
+RETRY_SECONDS = 0.5
+"""After a gap could not be read from the stream, how soon a sweep tries again."""
 UNSTORED_KEEP_SECONDS = 900.0
 MAX_UNSTORED = 10_000
 """How long, and how many, messages delivered as ``stored: false`` are remembered."""
@@ -64,6 +69,8 @@ class Sequencer:
         self._last: dict[str, tuple[int, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unstored: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self._retry: asyncio.TimerHandle | None = None
+        self._sweeps: set[asyncio.Task[int]] = set()
         self.filled = 0  # messages delivered by gap filling (tests and logs)
 
     def delivered_unstored(self, room_id: str, message: Message) -> None:
@@ -118,7 +125,11 @@ class Sequencer:
             if last is not None and key <= last:
                 return
             if last is not None and prev and _newer(prev, last):
-                await self._fill(room_id, last, before=message["id"])
+                if not await self._fill(room_id, last, before=message["id"]):
+                    # the gap could not be read: delivering this one would skip it for good;
+                    # it is stored too, so the retry delivers it after the gap, in order
+                    self._retry_soon()
+                    return
                 last = self._last.get(room_id)
                 if last is not None and key <= last:
                     return
@@ -144,16 +155,36 @@ class Sequencer:
                 continue
             async with lock:
                 last = self._last.get(room_id)
-                if last is not None:
-                    await self._fill(room_id, last, before=None)
+                if last is not None and not await self._fill(room_id, last, before=None):
+                    self._retry_soon()
         return self.filled - before
 
-    async def _fill(self, room_id: str, last: tuple[int, int], before: str | None) -> None:
+    def _retry_soon(self) -> None:
+        """A sweep in :data:`RETRY_SECONDS` (one pending at a time)."""
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._sweep_now)
+
+    def _sweep_now(self) -> None:
+        self._retry = None
+        task = asyncio.ensure_future(self.sweep())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        for task in list(self._sweeps):
+            task.cancel()
+
+    async def _fill(self, room_id: str, last: tuple[int, int], before: str | None) -> bool:
+        """Deliver the stored messages after ``last`` (and before ``before``); False when
+        the stream could not be read (nothing delivered)."""
         try:
             missed = await self._reader.between(room_id, f"{last[0]}-{last[1]}", before)
         except HistoryUnavailable as exc:
             log.warning("gap not filled", extra={"event": "gap_unfilled", "error": str(exc)})
-            return
+            return False
         for message in missed:
             await self._deliver_new(room_id, message)
             self._last[room_id] = parse_id(message["id"])
@@ -163,6 +194,7 @@ class Sequencer:
                 "delivered messages missed on pub/sub",
                 extra={"event": "gap_filled", "count": len(missed)},
             )
+        return True
 
 
 def _identity(room_id: str, message: Message) -> tuple[Any, ...]:
