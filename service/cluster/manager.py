@@ -123,7 +123,6 @@ class RedisManager(AsyncPubSubManager, LocalManager):
         self._sent_at = 0.0
         self._down_at = 0.0
         self._listening_since = 0.0
-        self._sweeps: set[asyncio.Task[Any]] = set()
 
     @property
     def available(self) -> bool:
@@ -287,12 +286,8 @@ class RedisManager(AsyncPubSubManager, LocalManager):
 
     def sweep_soon(self) -> None:
         """Let the sequencer deliver what was stored while this instance was not listening."""
-        if self.sequencer is None:
-            return
-        task = asyncio.ensure_future(self.sequencer.sweep())
-        self._sweeps.add(task)
-        task.add_done_callback(self._sweeps.discard)
-        task.add_done_callback(_ignore_failure)
+        if self.sequencer is not None:
+            self.sequencer.sweep_soon()
 
     async def _stored(self, data: dict[str, Any]) -> None:
         room, message_id, body = data.get("room"), data.get("id"), data.get("m")
@@ -410,8 +405,6 @@ class RedisManager(AsyncPubSubManager, LocalManager):
         return self.available and self._sent_at - max(self._heard_at, self.back_at) > limit
 
     async def close(self) -> None:
-        for sweep in list(self._sweeps):
-            sweep.cancel()
         if self.sequencer is not None:
             self.sequencer.close()
         if self.thread is not None:

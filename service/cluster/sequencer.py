@@ -159,16 +159,22 @@ class Sequencer:
                     self._retry_soon()
         return self.filled - before
 
-    def _retry_soon(self) -> None:
-        """A sweep in :data:`RETRY_SECONDS` (one pending at a time)."""
-        if self._retry is None:
-            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._sweep_now)
-
-    def _sweep_now(self) -> None:
-        self._retry = None
+    def sweep_soon(self) -> None:
+        """Run :meth:`sweep` in the background (after a resubscribe, every few seconds, and
+        to retry a gap that could not be read)."""
         task = asyncio.ensure_future(self.sweep())
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
+        task.add_done_callback(_log_failure)
+
+    def _retry_soon(self) -> None:
+        """A sweep in :data:`RETRY_SECONDS` (one pending at a time)."""
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.sweep_soon()
 
     def close(self) -> None:
         if self._retry is not None:
@@ -195,6 +201,11 @@ class Sequencer:
                 extra={"event": "gap_filled", "count": len(missed)},
             )
         return True
+
+
+def _log_failure(task: asyncio.Task[int]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("gap sweep failed", exc_info=task.exception(), extra={"event": "gap_unfilled"})
 
 
 def _identity(room_id: str, message: Message) -> tuple[Any, ...]:
