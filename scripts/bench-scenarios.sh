@@ -10,7 +10,8 @@
 # scenario and run under OUT, and a Markdown table (medians, ours/anchor ratios) on stdout.
 #
 # Knobs: PYTHON, OUT, ANCHOR_DIR, REPEAT, SCENARIOS, SERVER_CPU, LOAD_CPU, WARMUP, DURATION,
-# OURS_ENV (extra environment for our service, e.g. "PYTHONOPTIMIZE=1").
+# OURS_ENV (extra environment for our service, e.g. "PYTHONOPTIMIZE=1"), S3_CONCURRENCY
+# (handshakes in flight in S3, default 100).
 # Senders send without ack ids: the anchor never acks message:send, so both do the same work.
 # Install the `bench` extra (uvloop) first: on one core the load tool needs it to outrun the
 # servers; a run where it could not (a load process above 85 % of its core) is reported void.
@@ -27,6 +28,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 WARMUP=${WARMUP:-2}
 DURATION=${DURATION:-7}
 OURS_ENV=${OURS_ENV:-}
+S3_CONCURRENCY=${S3_CONCURRENCY:-100}
 SECRET=bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 [ -d "$ANCHOR_DIR/node_modules" ] || {
@@ -94,7 +96,8 @@ run_scenario() { # NAME RUN
     s3)
       p1=$(free_port); start_ours "$p1"; ours1=$STARTED
       a1=$(free_port); start_anchor "$a1"; anchor1=$STARTED
-      bench "$name" "$run" --receivers 5000 --rooms 0 --hold 2 --connect-concurrency 100 \
+      bench "$name" "$run" --receivers 5000 --rooms 0 --hold 2 \
+        --connect-concurrency "$S3_CONCURRENCY" \
         --target "ours=http://127.0.0.1:$p1" --pid "ours=$ours1" \
         --target "anchor=http://127.0.0.1:$a1" --pid "anchor=$anchor1"
       ;;

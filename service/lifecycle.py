@@ -30,6 +30,11 @@ CLOSE_GRACE_SECONDS = 1.0
 """How long closing the last transports may take after the drain."""
 HTTP_SHUTDOWN_SECONDS = 2.0
 """aiohttp's wait for in-flight requests (long-polls end with their close packet)."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel completes and holds while the event loop is busy (capped by
+``net.core.somaxconn``). aiohttp's default, 128, drops the SYN of the 130th client of a
+reconnect burst (a drained pod's clients, a rollout), which then waits 1 s, 3 s, 7 s for
+its retries."""
 
 SHUTDOWN_PAYLOAD = {"reason": "draining", "reconnect": True}
 
@@ -171,7 +176,7 @@ async def serve(
     )
     await runner.setup()
     install_header_timeout(runner)
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import select
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,3 +233,37 @@ async def test_sigterm_with_a_hundred_clients_spreads_their_disconnects():
     # no half-second slot takes more than a third of the clients (even is 1/8)
     assert max(slots) <= clients / 3, slots
     assert max(offsets) - min(offsets) >= window / 2, slots
+
+
+def test_a_connect_burst_waits_in_the_listen_queue():
+    """600 clients connect while the event loop is busy (here: stopped): the kernel completes
+    and queues every handshake, none has its SYN dropped (with aiohttp's default backlog of
+    128, ~470 would wait 1 s or more for a retry)."""
+    proc = spawn_service()
+    sockets: list[socket.socket] = []
+    try:
+        proc.proc.send_signal(signal.SIGSTOP)
+        for _ in range(600):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", proc.port))
+            sockets.append(sock)
+        # a queued handshake completes at once; a dropped SYN is retried only after 1 s
+        by_fd = {sock.fileno(): sock for sock in sockets}
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLOUT)
+        done: set[int] = set()
+        deadline = time.monotonic() + 0.5
+        while len(done) < len(by_fd) and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                done.add(fd)
+        error = socket.SO_ERROR
+        connected = [fd for fd in done if by_fd[fd].getsockopt(socket.SOL_SOCKET, error) == 0]
+        assert len(connected) == 600
+    finally:
+        for sock in sockets:
+            sock.close()
+        proc.proc.send_signal(signal.SIGCONT)
+        assert proc.stop() == 0
