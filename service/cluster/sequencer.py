@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..expiring import prune
 from ..protocol import MESSAGE_RECEIVED, parse_id, room_channel
 from ..stores.history import HistoryUnavailable, Message
 
@@ -68,7 +69,7 @@ class Sequencer:
         self._deliver = deliver
         self._last: dict[str, tuple[int, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._unstored: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self._unstored: OrderedDict[tuple[Any, ...], tuple[float, None]] = OrderedDict()
         self._retry: asyncio.TimerHandle | None = None
         self._sweeps: set[asyncio.Task[int]] = set()
         self.filled = 0  # messages delivered by gap filling (tests and logs)
@@ -77,12 +78,8 @@ class Sequencer:
         """``message`` went to this instance's members as ``stored: false``; if it is stored
         after all, do not deliver it here again."""
         now = time.monotonic()
-        self._unstored[_identity(room_id, message)] = now + UNSTORED_KEEP_SECONDS
-        while self._unstored:
-            oldest = next(iter(self._unstored))
-            if self._unstored[oldest] > now and len(self._unstored) <= MAX_UNSTORED:
-                break
-            del self._unstored[oldest]
+        self._unstored[_identity(room_id, message)] = (now + UNSTORED_KEEP_SECONDS, None)
+        prune(self._unstored, now, MAX_UNSTORED)
 
     async def _deliver_new(self, room_id: str, message: Message) -> None:
         if self._unstored and self._unstored.pop(_identity(room_id, message), None):

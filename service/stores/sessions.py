@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from ..expiring import prune
 from .link import REDIS_ERRORS, RedisLink
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ class MemorySessions:
     """The embedded mode's store: a dict with deadlines, pruned as it is written."""
 
     def __init__(self) -> None:
-        # insertion order is deadline order for one TTL: expired records sit at the front,
-        # and an OrderedDict reaches its front in O(1) however many were removed there
         self._records: OrderedDict[str, tuple[float, Record]] = OrderedDict()
 
     async def save(
@@ -54,11 +53,7 @@ class MemorySessions:
         if only_if_kept and (kept is None or kept[0] <= now):
             return
         records[pid] = (now + ttl_seconds, record)
-        while records:  # prune from the front only: O(1) per save, amortized
-            oldest = next(iter(records))
-            if records[oldest][0] > now and len(records) <= MAX_MEMORY_SESSIONS:
-                break
-            del records[oldest]
+        prune(records, now, MAX_MEMORY_SESSIONS)
 
     async def take(self, pid: str) -> Record | None:
         entry = self._records.pop(pid, None)
